@@ -1,0 +1,24 @@
+# Both targets build and reuse a local virtual environment in .venv; nothing else is needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/default
+
+.PHONY: demo test
+# The main job: the width study on the embedded digits data; prints where its report is.
+demo: $(VENV)/.run-deps
+	$(PY) -m launch.main --config configs/default.py --workdir $(WORKDIR)
+
+# The test suite (CI runs exactly this through .ci/run).
+test: $(VENV)/.test-deps
+	bash tests/run.sh
+
+$(VENV)/.run-deps: setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.run-deps
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,torch,prepare]"
+	touch $@

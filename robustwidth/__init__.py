@@ -1,0 +1,9 @@
+"""robustwidth: adversarial robustness as a function of network width, in JAX/Flax.
+
+Pure functions first (attacks, losses, metrics, ntk, war), thin stateful shells around them
+(train, checkpointing, logging). See README.md.
+"""
+from robustwidth import attacks, losses, metrics, models
+
+__version__ = "0.1.0"
+__all__ = ["attacks", "losses", "metrics", "models"]

@@ -1,0 +1,52 @@
+"""Per-example attack objectives, each to be maximized: [B] from [B, K] logits.
+
+Attacks differentiate the sum of these, so one example's gradient never depends on the rest of
+its batch.
+"""
+import jax
+import jax.numpy as jnp
+
+from robustwidth import losses
+
+LOSSES = ("ce", "cw", "kl", "dlr")
+
+
+def _true_logit(logits, labels):
+  return jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+
+
+def best_other_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """max_{j ≠ y} z_j."""
+  num_classes = logits.shape[-1]
+  others = jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), -jnp.inf, logits)
+  return jnp.max(others, axis=-1)
+
+
+def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """CW logit margin max_{j≠y} z_j − z_y; positive exactly when the example is misclassified.
+
+  The TRADES code clamps the margin at −50; unclamped, the gradient is the same wherever the
+  clamp is inactive, and ascent does not stop early.
+  """
+  return best_other_logit(logits, labels) - _true_logit(logits, labels)
+
+
+def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Difference-of-logits ratio (Croce & Hein 2020), the untargeted form:
+  −(z_y − max_{j≠y} z_j) / (z_π1 − z_π3 + 1e-12), z_π sorted in decreasing order."""
+  top = jax.lax.top_k(logits, 3)[0]
+  return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def objective(name: str, logits: jax.Array, labels: jax.Array,
+              logits_nat: jax.Array | None) -> jax.Array:
+  """The named objective; `kl` is label-free and compares against `logits_nat`."""
+  if name == "ce":
+    return losses.cross_entropy_per_example(logits, labels)
+  if name == "cw":
+    return margin(logits, labels)
+  if name == "kl":
+    return losses.trades_kl(logits_nat, logits)
+  if name == "dlr":
+    return dlr(logits, labels)
+  raise ValueError(f"Unknown attack loss {name!r}; use one of {LOSSES}.")

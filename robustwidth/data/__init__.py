@@ -1,0 +1,20 @@
+"""Data sets as in-memory splits, and host-sharded batch iterators over them."""
+from robustwidth.data import digits
+from robustwidth.data.dataset import (Split, epoch_permutation, eval_batches, steps_per_epoch,
+                                      to_float, train_batches)
+
+DATASETS = ("digits", "cifar10", "cifar100")
+
+
+def load(name: str, split: str, *, data_dir: str | None = None) -> Split:
+  """Loads `split` ("train" or "test") of a named data set."""
+  if name == "digits":
+    return digits.load(split)
+  if name in ("cifar10", "cifar100"):
+    from robustwidth.data import cifar  # TFDS is imported only when CIFAR is asked for.
+    return cifar.load(name, split, data_dir=data_dir)
+  raise ValueError(f"Unknown data set {name!r}; use one of {DATASETS}.")
+
+
+__all__ = ["DATASETS", "Split", "epoch_permutation", "eval_batches", "load", "steps_per_epoch",
+           "to_float", "train_batches"]

@@ -1,0 +1,96 @@
+"""In-memory image classification splits and the host-sharded batch iterators over them.
+
+Both of the project's data sets fit in host memory (CIFAR-10 train: 150 MB as uint8), so a split
+is a pair of arrays; images stay in their stored dtype (uint8 or float32) and are converted to
+float32 in [0, 1] per batch.
+
+Training order: epoch e is a permutation drawn from (seed, e) alone, so a resumed run sees the
+same batches. Each global batch is cut into `process_count` contiguous slices and a host reads
+only its own.
+"""
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray   # [N, H, W, C], uint8 (0..255) or float32 in [0, 1]
+  labels: np.ndarray   # [N] int32
+  num_classes: int
+
+  def __post_init__(self):
+    if self.images.ndim != 4:
+      raise ValueError(f"images must be [N, H, W, C], got shape {self.images.shape}.")
+    if self.labels.shape != (self.images.shape[0],):
+      raise ValueError(f"labels must be [N] = [{self.images.shape[0]}], "
+                       f"got {self.labels.shape}.")
+    if self.images.dtype == np.float32 and self.images.size and (
+        self.images.min() < 0 or self.images.max() > 1):
+      raise ValueError("float32 images must lie in [0, 1].")
+    if self.images.dtype not in (np.uint8, np.float32):
+      raise ValueError(f"images must be uint8 or float32, got {self.images.dtype}.")
+    if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+      raise ValueError(f"labels must lie in [0, {self.num_classes - 1}].")
+
+  def __len__(self) -> int:
+    return self.images.shape[0]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  return images
+
+
+def _host_slice(global_batch: int, process_index: int, process_count: int) -> slice:
+  if global_batch % process_count:
+    raise ValueError(f"The global batch size {global_batch} must be divisible by the number "
+                     f"of processes ({process_count}).")
+  local = global_batch // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
+def steps_per_epoch(split: Split, global_batch: int) -> int:
+  """Training drops the last partial batch (static shapes for jit; the PyTorch reference keeps
+  it, a difference of under one batch per epoch)."""
+  steps = len(split) // global_batch
+  if steps == 0:
+    raise ValueError(f"The batch size {global_batch} exceeds the {len(split)} training "
+                     "examples; lower train.batch_size.")
+  return steps
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def train_batches(split: Split, *, global_batch: int, seed: int, start_step: int,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """This host's part of every training batch from global step `start_step` on, forever."""
+  per_epoch = steps_per_epoch(split, global_batch)
+  rows = _host_slice(global_batch, process_index, process_count)
+  step = start_step
+  while True:
+    epoch, offset = divmod(step, per_epoch)
+    order = epoch_permutation(len(split), seed, epoch)
+    for position in range(offset, per_epoch):
+      index = order[position * global_batch:(position + 1) * global_batch][rows]
+      yield {"image": to_float(split.images[index]), "label": split.labels[index]}
+    step = (epoch + 1) * per_epoch
+
+
+def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """This host's part of the whole split in order, the last batch padded (mask False)."""
+  rows = _host_slice(global_batch, process_index, process_count)
+  for start in range(0, len(split), global_batch):
+    index = np.arange(start, start + global_batch)[rows]
+    valid = index < len(split)
+    index = np.where(valid, index, 0)
+    yield {"image": to_float(split.images[index]), "label": split.labels[index], "mask": valid}

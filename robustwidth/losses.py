@@ -1,0 +1,46 @@
+"""Training losses: cross-entropy, TRADES and PGD-AT in the paper's Eq. 1 form.
+
+Eq. 1:  L(θ; x, y) + λ · (L(θ; x̂, y) − L(θ; x, y)),  x̂ the inner maximizer.
+TRADES replaces the loss difference by KL(f(x) ‖ f(x̂)), so TRADES' β is this λ; λ = 1 with
+cross-entropy is Madry's PGD-AT. Per-example forms return [B]; the training losses average.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy over the batch."""
+  return jnp.mean(cross_entropy_per_example(logits, labels))
+
+
+def trades_kl(logits_nat: jax.Array, logits_adv: jax.Array) -> jax.Array:
+  """KL(softmax(logits_nat) ‖ softmax(logits_adv)) per example, summed over classes: [B].
+
+  The same quantity as PyTorch's `KLDivLoss(reduction='sum')(log_softmax(adv), softmax(nat))`
+  of the TRADES reference, taken per example.
+  """
+  log_p = jax.nn.log_softmax(logits_nat, axis=-1)
+  log_q = jax.nn.log_softmax(logits_adv, axis=-1)
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def trades(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array, beta,
+           *, stop_gradient_target: bool = False) -> jax.Array:
+  """CE(f(x), y) + β · mean KL(f(x) ‖ f(x̂)).
+
+  The reference code lets gradients flow through the clean target of the KL term
+  (`stop_gradient_target=False`); True treats softmax(f(x)) as a constant.
+  """
+  target = jax.lax.stop_gradient(logits_nat) if stop_gradient_target else logits_nat
+  return cross_entropy(logits_nat, labels) + beta * jnp.mean(trades_kl(target, logits_adv))
+
+
+def pgd_at(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array, lam) -> jax.Array:
+  """Eq. 1 with cross-entropy: CE(x) + λ · (CE(x̂) − CE(x)); λ = 1 is Madry's PGD-AT."""
+  natural = cross_entropy(logits_nat, labels)
+  return natural + lam * (cross_entropy(logits_adv, labels) - natural)

@@ -1,0 +1,29 @@
+"""Builds a model of a named family from plain arguments (what configs hold)."""
+from flax import nnx
+
+from robustwidth.models.small import CNN, MLP
+from robustwidth.models.wide_resnet import WideResNet
+
+FAMILIES = ("wide_resnet", "cnn", "mlp")
+
+
+def create_model(family: str, *, width: int, num_classes: int,
+                 input_shape: tuple[int, int, int], seed: int, depth: int = 34,
+                 base_channels: int = 16, parameterization: str = "standard",
+                 dtype=None) -> nnx.Module:
+  """`input_shape` is (height, width, channels) of one image.
+
+  `depth` is the WideResNet depth or the MLP's number of hidden layers; `base_channels` the
+  channel (or, for the MLP, unit) count that `width` multiplies. The CNN ignores `depth`.
+  """
+  rngs = nnx.Rngs(params=seed)
+  common = dict(parameterization=parameterization, dtype=dtype, rngs=rngs)
+  if family == "wide_resnet":
+    return WideResNet(depth, width, num_classes, in_channels=input_shape[-1],
+                      base_channels=base_channels, **common)
+  if family == "cnn":
+    return CNN(input_shape[-1], num_classes, width=width, base_channels=base_channels, **common)
+  if family == "mlp":
+    return MLP(input_shape, num_classes, width=width, depth=depth, base_units=base_channels,
+               **common)
+  raise ValueError(f"Unknown model family {family!r}; use one of {FAMILIES}.")

@@ -1,0 +1,36 @@
+"""SGD with momentum and coupled weight decay, and the paper's learning-rate schedules (optax).
+
+Coupled weight decay as in PyTorch's SGD: the decay term wd·θ is added to the gradient before
+momentum, on every parameter (BatchNorm and biases included, as in the reference code).
+"""
+import optax
+
+SCHEDULES = ("multistep", "halving", "cosine", "constant")
+
+
+def learning_rate_schedule(name: str, *, base_lr: float, steps_per_epoch: int, epochs: int,
+                           decay_epochs=(75, 90), halving_start: int = 75) -> optax.Schedule:
+  """Per-step learning rate.
+
+  multistep: ×0.1 at each of `decay_epochs` (TRADES: 75 and 90);
+  halving: halve every epoch from `halving_start` (the authors' code);
+  cosine: cosine decay to 0 over the run; constant: `base_lr` throughout.
+  """
+  if name == "multistep":
+    return optax.piecewise_constant_schedule(
+        base_lr, {int(e * steps_per_epoch): 0.1 for e in decay_epochs})
+  if name == "halving":
+    return optax.piecewise_constant_schedule(
+        base_lr, {(halving_start + i) * steps_per_epoch: 0.5
+                  for i in range(max(epochs - halving_start, 0))})
+  if name == "cosine":
+    return optax.cosine_decay_schedule(base_lr, decay_steps=max(epochs * steps_per_epoch, 1))
+  if name == "constant":
+    return optax.constant_schedule(base_lr)
+  raise ValueError(f"Unknown learning-rate schedule {name!r}; use one of {SCHEDULES}.")
+
+
+def sgd(schedule: optax.Schedule, *, momentum: float, weight_decay: float
+        ) -> optax.GradientTransformation:
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(schedule, momentum=momentum))

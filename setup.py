@@ -1,0 +1,39 @@
+"""robustwidth: adversarial robustness as a function of network width (JAX/Flax)."""
+import setuptools
+
+setuptools.setup(
+    name="robustwidth",
+    version="0.1.0",
+    description=(
+        "Adversarial training, robustness evaluation and width/NTK analysis for "
+        "'Do Wider Neural Networks Really Help Adversarial Robustness?' (NeurIPS 2021)."
+    ),
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["robustwidth", "robustwidth.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "chex>=0.1.92",
+        "ml-collections>=1.1.0",
+        "orbax-checkpoint>=0.12.8",
+        "absl-py>=2.1",
+        # TFDS reads prepared array_record data without TensorFlow; these are its
+        # run-time needs on that path.
+        "tensorflow-datasets>=4.9.10",
+        "array-record>=0.8",
+        "importlib_resources",
+        "pillow",
+        "scikit-learn>=1.5",  # embedded default data set (load_digits)
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.6"],
+        # CPU build only: an unpinned torch pulls several GB of CUDA packages.
+        "torch": ["torch==2.13.0"],
+        # Only to build TFDS data from the official archives.
+        "prepare": ["tensorflow-cpu>=2.21"],
+    },
+)
