@@ -1,0 +1,299 @@
+"""Data: CIFAR archives through prepare_data and the TFDS reader, the host-sharded iterators, and
+the crop/flip augmentation."""
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from robustwidth import data
+from robustwidth.data import augment, cifar
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_tensorflow = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None,
+    reason="preparing CIFAR needs TensorFlow: pip install -e '.[prepare]'")
+
+# Python prelude that makes TensorFlow look uninstalled, for code run in a subprocess.
+WITHOUT_TENSORFLOW = """
+import importlib.machinery
+_find_spec = importlib.machinery.PathFinder.find_spec
+importlib.machinery.PathFinder.find_spec = staticmethod(
+    lambda name, path=None, target=None:
+    None if name.split(".")[0] == "tensorflow" else _find_spec(name, path, target))
+"""
+
+
+# --- CIFAR --------------------------------------------------------------------------------------
+
+def _cifar_record(labels: list[int], image: np.ndarray) -> bytes:
+  """One record of the binary format: label byte(s), then the red, green and blue planes of the
+  32x32 image, each row-major (https://www.cs.toronto.edu/~kriz/cifar.html)."""
+  planes = [image[:, :, channel].reshape(-1) for channel in range(3)]
+  return bytes(labels) + np.concatenate(planes).tobytes()
+
+
+def _write_archive(path, name: str, rng: np.random.Generator) -> dict:
+  """Writes a small archive laid out like the official one; returns {split: (images, labels)}."""
+  if name == "cifar10":
+    folder = "cifar-10-batches-bin"
+    files = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+    names = {"batches.meta.txt": 10}
+  else:
+    folder = "cifar-100-binary"
+    files = {"train": ["train.bin"], "test": ["test.bin"]}
+    names = {"coarse_label_names.txt": 20, "fine_label_names.txt": 100}
+  written = {}
+  with tarfile.open(path, "w:gz") as tar:
+    def add(member, content: bytes):
+      info = tarfile.TarInfo(f"{folder}/{member}")
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+
+    for member, count in names.items():  # one name a line, then blank lines, as in the original
+      add(member, "".join(f"class_{i}\n" for i in range(count)).encode() + b"\n\n")
+    for split, members in files.items():
+      images, labels = [], []
+      for member in members:
+        count = 7 if name == "cifar10" else 24
+        image = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+        fine = rng.integers(0, 100 if name == "cifar100" else 10, count)
+        coarse = rng.integers(0, 20, count)
+        label_bytes = [[f] if name == "cifar10" else [c, f] for c, f in zip(coarse, fine)]
+        add(member, b"".join(_cifar_record(b, im) for b, im in zip(label_bytes, image)))
+        images.append(image)
+        labels.append(fine)
+      written[split] = (np.concatenate(images), np.concatenate(labels))
+  return written
+
+
+def _prepare(name: str, tmp_path) -> tuple[str, dict]:
+  archive = tmp_path / f"{name}-generated.tar.gz"
+  written = _write_archive(archive, name, np.random.default_rng(len(name)))
+  data_dir = str(tmp_path / "tfds")
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.prepare_data", name, "--archive", str(archive),
+       "--data_dir", data_dir, "--skip_checksum"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  counts = f"{len(written['train'][1])} train, {len(written['test'][1])} test examples"
+  assert counts in result.stdout, result.stdout
+  return data_dir, written
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_prepared_archive_loads_exactly(name, tmp_path):
+  data_dir, written = _prepare(name, tmp_path)
+  for split in ("train", "test"):
+    loaded = data.load(name, split, data_dir=data_dir)
+    images, labels = written[split]
+    assert loaded.images.dtype == np.uint8 and loaded.labels.dtype == np.int32
+    assert loaded.num_classes == (10 if name == "cifar10" else 100)
+    np.testing.assert_array_equal(loaded.images, images)  # NHWC, in the archive's order
+    np.testing.assert_array_equal(loaded.labels, labels)  # CIFAR-100: the fine label
+
+  if name == "cifar10":  # Reading needs no TensorFlow.
+    script = WITHOUT_TENSORFLOW + f"""
+import sys
+from robustwidth import data
+split = data.load("cifar10", "test", data_dir={data_dir!r})
+assert "tensorflow" not in sys.modules
+print(split.images.sum(dtype="int64"), split.labels.sum())
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    images, labels = written["test"]
+    assert result.stdout.split() == [str(images.sum(dtype=np.int64)), str(labels.sum())]
+
+    # The same data recorded as tfrecord (as tfds.load leaves it) is refused with the way out.
+    tfrecord_dir = str(tmp_path / "tfrecord")
+    shutil.copytree(data_dir, tfrecord_dir)
+    info_path = os.path.join(tfrecord_dir, "cifar10", "3.0.2", "dataset_info.json")
+    with open(info_path) as f:
+      info = json.load(f)
+    with open(info_path, "w") as f:
+      json.dump({**info, "fileFormat": "tfrecord"}, f)
+    with pytest.raises(cifar.DatasetNotFoundError, match="holds cifar10 as tfrecord"):
+      data.load(name, "train", data_dir=tfrecord_dir)
+    with pytest.raises(ValueError, match="pass another --data_dir"):
+      cifar.prepare(name, str(tmp_path / f"{name}-generated.tar.gz"), data_dir=tfrecord_dir)
+
+
+@needs_tensorflow
+def test_prepare_rejects_an_archive_that_is_not_the_official_one(tmp_path):
+  archive = tmp_path / "cifar-10-binary.tar.gz"
+  _write_archive(archive, "cifar10", np.random.default_rng(0))
+  with pytest.raises(ValueError, match="not the official cifar-10-binary.tar.gz"):
+    cifar.prepare("cifar10", str(archive), data_dir=str(tmp_path / "tfds"))
+
+
+def test_prepare_data_without_tensorflow_names_the_extra(tmp_path):
+  script = WITHOUT_TENSORFLOW + f"""
+import runpy, sys
+sys.argv = ["prepare_data", "cifar10", "--archive", {str(tmp_path / "a.tar.gz")!r}]
+runpy.run_module("launch.prepare_data", run_name="__main__")
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 1
+  assert "needs TensorFlow" in result.stderr and "pip install -e '.[prepare]'" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_missing_cifar_names_the_prepare_command(name, tmp_path):
+  with pytest.raises(cifar.DatasetNotFoundError) as raised:
+    data.load(name, "train", data_dir=str(tmp_path))
+  assert isinstance(raised.value, FileNotFoundError)
+  message = str(raised.value)
+  archive = cifar.ARCHIVES[name]
+  assert (f"python -m launch.prepare_data {name} --archive PATH/{archive} "
+          f"--data_dir {tmp_path}") in message
+  assert "https://www.cs.toronto.edu/~kriz/cifar.html" in message
+
+
+# --- Iterators ----------------------------------------------------------------------------------
+
+def _indexed_split(count: int) -> data.Split:
+  """Example i has label i and every pixel i, so a batch names the examples it holds."""
+  images = np.broadcast_to(np.arange(count, dtype=np.uint8)[:, None, None, None],
+                           (count, 2, 2, 1)).copy()
+  return data.Split(images, np.arange(count, dtype=np.int32), num_classes=count)
+
+
+def _take(iterator, count: int) -> list[dict]:
+  return [next(iterator) for _ in range(count)]
+
+
+def test_train_batches_are_epoch_permutations_and_convert_images():
+  split, batch, seed = _indexed_split(50), 8, 3
+  per_epoch = data.steps_per_epoch(split, batch)
+  assert per_epoch == 6  # the last partial batch is dropped
+  batches = _take(data.train_batches(split, global_batch=batch, seed=seed, start_step=0),
+                  3 * per_epoch)
+  for epoch in range(3):
+    labels = np.concatenate([b["label"] for b in batches[epoch * per_epoch:][:per_epoch]])
+    order = data.epoch_permutation(len(split), seed, epoch)
+    np.testing.assert_array_equal(np.sort(order), np.arange(len(split)))
+    np.testing.assert_array_equal(labels, order[:per_epoch * batch])
+  assert not np.array_equal(data.epoch_permutation(50, seed, 0), data.epoch_permutation(50, seed, 1))
+  first = batches[0]
+  assert first["image"].dtype == np.float32 and first["image"].shape == (batch, 2, 2, 1)
+  np.testing.assert_allclose(first["image"][:, 0, 0, 0], first["label"] / 255.0)
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_host_slices_partition_each_global_batch(process_count):
+  split, batch = _indexed_split(50), 8
+  steps = 14  # crosses two epoch boundaries
+  whole = _take(data.train_batches(split, global_batch=batch, seed=0, start_step=0), steps)
+  hosts = [_take(data.train_batches(split, global_batch=batch, seed=0, start_step=0,
+                                    process_index=p, process_count=process_count), steps)
+           for p in range(process_count)]
+  for step in range(steps):
+    parts = [host[step]["label"] for host in hosts]
+    assert all(len(part) == batch // process_count for part in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), whole[step]["label"])
+
+
+@pytest.mark.parametrize("start", [1, 6, 7, 12, 17])
+def test_resumed_iterator_continues_the_uninterrupted_one(start):
+  split, batch = _indexed_split(50), 8
+  whole = _take(data.train_batches(split, global_batch=batch, seed=5, start_step=0), start + 8)
+  for process_index in (0, 1):
+    resumed = _take(data.train_batches(split, global_batch=batch, seed=5, start_step=start,
+                                       process_index=process_index, process_count=2), 8)
+    rows = slice(process_index * 4, (process_index + 1) * 4)
+    for expected, got in zip(whole[start:], resumed):
+      np.testing.assert_array_equal(got["label"], expected["label"][rows])
+      np.testing.assert_array_equal(got["image"], expected["image"][rows])
+
+
+def test_train_batch_larger_than_split_or_not_divisible_is_refused():
+  with pytest.raises(ValueError, match="lower train.batch_size"):
+    data.steps_per_epoch(_indexed_split(5), 8)
+  with pytest.raises(ValueError, match="divisible by the number of processes"):
+    next(data.train_batches(_indexed_split(50), global_batch=6, seed=0, start_step=0,
+                            process_count=4))
+
+
+@pytest.mark.parametrize("count,process_count", [(50, 1), (50, 2), (48, 4), (3, 4)])
+def test_eval_batches_cover_the_split_once(count, process_count):
+  split, batch = _indexed_split(count), 8
+  hosts = [list(data.eval_batches(split, global_batch=batch, process_index=p,
+                                  process_count=process_count)) for p in range(process_count)]
+  assert len({len(h) for h in hosts}) == 1 and len(hosts[0]) == -(-count // batch)
+  seen = []
+  for step in range(len(hosts[0])):
+    labels = np.concatenate([h[step]["label"] for h in hosts])
+    mask = np.concatenate([h[step]["mask"] for h in hosts])
+    assert labels.shape == mask.shape == (batch,) and mask.dtype == bool
+    positions = np.arange(step * batch, (step + 1) * batch)
+    np.testing.assert_array_equal(mask, positions < count)
+    np.testing.assert_array_equal(labels[mask], positions[mask])
+    seen.append(labels[mask])
+  np.testing.assert_array_equal(np.concatenate(seen), np.arange(count))
+
+
+# --- Augmentation -------------------------------------------------------------------------------
+
+def _crop_flip_reference(image: np.ndarray, padding: int, dy: int, dx: int,
+                         flip: bool) -> np.ndarray:
+  height, width, _ = image.shape
+  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  crop = padded[dy:dy + height, dx:dx + width]
+  return crop[:, ::-1] if flip else crop
+
+
+def test_random_crop_flip_matches_numpy_reference():
+  padding, batch = 4, 128
+  images = np.random.default_rng(0).uniform(0.01, 1.0, (batch, 8, 8, 3)).astype(np.float32)
+  out = np.asarray(augment.random_crop_flip(jax.random.key(0), jnp.asarray(images),
+                                            crop_padding=padding, flip=True))
+  assert out.shape == images.shape and out.dtype == np.float32
+  offsets, flips = [], []
+  for image, result in zip(images, out):
+    matches = [(dy, dx, flip) for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)
+               for flip in (False, True)
+               if np.array_equal(_crop_flip_reference(image, padding, dy, dx, flip), result)]
+    assert len(matches) == 1, "output is not a zero-padded crop (maybe flipped) of the input"
+    offsets.append(matches[0][:2])
+    flips.append(matches[0][2])
+  offsets = np.array(offsets)
+  assert offsets.min() == 0 and offsets.max() == 2 * padding  # the full range of offsets is used
+  assert 0.3 < np.mean(flips) < 0.7
+
+
+def test_random_crop_flip_is_a_deterministic_function_of_the_key():
+  images = jnp.asarray(np.random.default_rng(1).uniform(size=(16, 8, 8, 3)), jnp.float32)
+  run = lambda key: augment.random_crop_flip(key, images, crop_padding=2, flip=True)
+  np.testing.assert_array_equal(run(jax.random.key(7)), run(jax.random.key(7)))
+  assert not np.array_equal(run(jax.random.key(7)), run(jax.random.key(8)))
+  identity = augment.random_crop_flip(jax.random.key(7), images, crop_padding=0, flip=False)
+  np.testing.assert_array_equal(identity, images)
+  # Flip only: each image is itself or its mirror.
+  flipped = np.asarray(augment.random_crop_flip(jax.random.key(7), images, crop_padding=0,
+                                                flip=True))
+  images = np.asarray(images)
+  assert all(np.array_equal(f, i) or np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images))
+
+
+def test_random_crop_flip_does_not_depend_on_sharding():
+  devices = np.array(jax.devices())
+  images = jnp.asarray(np.random.default_rng(2).uniform(size=(2 * len(devices), 8, 8, 3)),
+                       jnp.float32)
+  key = jax.random.key(3)
+  augment_fn = jax.jit(augment.random_crop_flip, static_argnames=("crop_padding", "flip"))
+  sharded = jax.device_put(images, NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data")))
+  np.testing.assert_array_equal(augment_fn(key, sharded, crop_padding=4, flip=True),
+                                augment.random_crop_flip(key, images, crop_padding=4, flip=True))
