@@ -24,6 +24,9 @@ def _check_args(logits_fn, x, y, eps, step_size, num_steps, norm, loss, init, re
   validation.check_images(x)
   logits_shape = jax.eval_shape(logits_fn, x).shape
   validation.check_logits(logits_shape, x.shape[0])
+  if loss == "dlr" and logits_shape[1] < 3:
+    raise ValueError(f"The 'dlr' attack loss needs at least 3 classes (it divides by "
+                     f"z_π1 − z_π3); this model has {logits_shape[1]}. Use 'cw' or 'ce'.")
   if loss != "kl" or y is not None:
     if y is None:
       raise ValueError(f"The {loss!r} attack loss needs labels y; only 'kl' is label-free.")
@@ -69,12 +72,14 @@ def pgd_lipschitz_probe(logits_fn, x, y, *, key, eps, step_size, num_steps: int,
   _check_args(logits_fn, x, y, eps, step_size, num_steps, norm, loss, init, restarts)
   logits_nat = jax.lax.stop_gradient(logits_fn(x)) if loss == "kl" or restarts > 1 else None
   args = (eps, step_size, num_steps, norm, loss, init)
-  keys = jax.random.split(key, restarts)
-  best_x, probe = _attack_once(logits_fn, x, y, logits_nat, keys[0], *args)
+  # Restart r draws its start from fold_in(key, r): the first restart is the single-restart
+  # attack itself, so more restarts can only strengthen the result, example by example.
+  best_x, probe = _attack_once(logits_fn, x, y, logits_nat, jax.random.fold_in(key, 0), *args)
   if restarts > 1:
     best_success, best_loss = _success_and_loss(logits_fn, best_x, y, logits_nat, loss)
-    for restart_key in keys[1:]:
-      x_adv, restart_probe = _attack_once(logits_fn, x, y, logits_nat, restart_key, *args)
+    for restart in range(1, restarts):
+      x_adv, restart_probe = _attack_once(logits_fn, x, y, logits_nat,
+                                          jax.random.fold_in(key, restart), *args)
       success, value = _success_and_loss(logits_fn, x_adv, y, logits_nat, loss)
       # The per-example worst case: a success beats a failure, then the larger loss wins.
       better = (success & ~best_success) | ((success == best_success) & (value > best_loss))

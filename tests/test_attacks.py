@@ -1,0 +1,181 @@
+"""PGD against closed forms and invariants."""
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from robustwidth import attacks, models
+from tests import helpers
+
+KEY = jax.random.key(0)
+
+
+def _two_class_linear(seed=0, dim=12):
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=(dim, 2)).astype(np.float32)
+  b = rng.normal(size=2).astype(np.float32) * 0.1
+  return w, b
+
+
+def _interior_points(seed, batch, dim, eps):
+  """Points at least eps from the faces of [0, 1], so the box constraint is inactive."""
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(rng.uniform(eps + 0.05, 1 - eps - 0.05, size=(batch, dim)), jnp.float32)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_linear_model_reaches_the_exact_worst_case(norm, loss):
+  # For two classes, every loss here increases along d = w_other − w_y, so the worst case in
+  # the ball is x + ε·sign(d) (ℓ∞) or x + ε·d/‖d‖₂ (ℓ2), whatever the loss. ℓ∞ sign steps
+  # of size ε reach that vertex exactly from any start; in ℓ2 a random start only decays
+  # geometrically under projection, so the ℓ2 attack starts at x.
+  eps, dim = 0.1, 12
+  w, b = _two_class_linear(dim=dim)
+  x = _interior_points(1, 64, dim, eps)
+  y = jnp.asarray(np.random.default_rng(2).integers(0, 2, size=64))
+  logits_fn = helpers.linear_logits_fn(w, b)
+  d = (w[:, 1] - w[:, 0])[None, :] * jnp.where(y == 0, 1.0, -1.0)[:, None]
+  if norm == "linf":
+    expected = x + eps * jnp.sign(d)
+  else:
+    expected = x + eps * d / jnp.linalg.norm(d, axis=1, keepdims=True)
+  x_adv = attacks.pgd(logits_fn, x, y, key=KEY, eps=eps, step_size=eps, num_steps=3,
+                      norm=norm, loss=loss, init="uniform" if norm == "linf" else "none")
+  np.testing.assert_allclose(x_adv, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_linear_model_robust_accuracy_matches_closed_form(norm):
+  # Robust iff the margin z_y − z_other exceeds ε · ‖w_y − w_other‖_dual.
+  dim = 12
+  w, b = _two_class_linear(seed=3, dim=dim)
+  x = _interior_points(4, 256, dim, 0.25)  # The box stays inactive for any ε <= 0.25.
+  logits_fn = helpers.linear_logits_fn(w, b)
+  y = jnp.argmax(logits_fn(x), -1)
+  y = jnp.where(jnp.arange(256) % 5 == 0, 1 - y, y)  # Some examples misclassified already.
+  z = np.asarray(logits_fn(x))
+  margin = z[np.arange(256), y] - z[np.arange(256), 1 - y]
+  dual_norm = np.linalg.norm(w[:, 0] - w[:, 1], ord={"linf": 1, "l2": 2}[norm])
+  eps = min(0.25, float(np.median(margin[margin > 0])) / dual_norm)
+  expected = np.mean(margin > eps * dual_norm)
+  assert 0.2 < expected < 0.8  # The test must separate robust from non-robust points.
+  x_adv = attacks.pgd(logits_fn, x, y, key=KEY, eps=eps, step_size=eps / 4, num_steps=10,
+                      norm=norm, loss="ce")
+  robust = np.mean(np.argmax(logits_fn(x_adv), -1) == np.asarray(y))
+  assert robust == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_lipschitz_probe_is_the_exact_dual_norm_for_a_linear_margin(norm):
+  # ∇ₓ margin = w_other − w_y everywhere: the probe is its dual norm for every example, not
+  # that divided by the batch size (which a batch-mean loss would give).
+  w, b = _two_class_linear(seed=5)
+  x = _interior_points(6, 32, 12, 0.1)
+  y = jnp.zeros(32, jnp.int32)
+  _, probe = attacks.pgd_lipschitz_probe(helpers.linear_logits_fn(w, b), x, y, key=KEY,
+                                         eps=0.1, step_size=0.02, num_steps=4, norm=norm,
+                                         loss="cw")
+  dual = {"linf": 1, "l2": 2}[norm]
+  np.testing.assert_allclose(probe, np.linalg.norm(w[:, 1] - w[:, 0], ord=dual), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def wrn():
+  x = helpers.images(0, 16)
+  return helpers.with_trained_batch_norm(helpers.tiny_wrn(), x)
+
+
+@pytest.mark.parametrize("norm,loss,init", [
+    (n, l, i) for n, l, i in itertools.product(["linf", "l2"], attacks.LOSSES, attacks.INITS)])
+def test_adversarial_examples_stay_in_the_ball_and_the_box(norm, loss, init):
+  x, y = helpers.images(1, 16), helpers.labels(1, 16)
+  eps = 0.3 if norm == "linf" else 1.0  # Large enough that the box constraint binds.
+  x_adv = attacks.pgd(models.model_logits_fn(helpers.tiny_mlp()), x, y, key=KEY, eps=eps, step_size=eps / 2,
+                      num_steps=3, norm=norm, loss=loss, init=init, restarts=2)
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+  delta = (x_adv - x).reshape(16, -1)
+  size = jnp.max(jnp.abs(delta), -1) if norm == "linf" else jnp.linalg.norm(delta, axis=-1)
+  assert float(size.max()) <= eps * (1 + 1e-5)
+  assert float(size.max()) > eps / 4  # It moved.
+
+
+def test_attack_leaves_batch_norm_statistics_unchanged(wrn):
+  before = jax.tree.map(np.asarray, nnx.state(wrn, nnx.BatchStat))
+  logits_fn = models.model_logits_fn(wrn)
+  x, y = helpers.images(2, 16), helpers.labels(2, 16)
+  attacks.pgd(logits_fn, x, y, key=KEY, eps=0.1, step_size=0.05, num_steps=2)
+  after = jax.tree.map(np.asarray, nnx.state(wrn, nnx.BatchStat))
+  chex.assert_trees_all_equal(before, after)
+  # logits_fn is the evaluation-mode model: BatchNorm reads the running statistics.
+  np.testing.assert_allclose(logits_fn(x), wrn(x, train=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", attacks.LOSSES)
+def test_attacking_a_batch_equals_attacking_each_example_alone(wrn, loss):
+  logits_fn = models.model_logits_fn(wrn)
+  x, y = helpers.images(3, 6), helpers.labels(3, 6)
+  settings = dict(key=KEY, eps=0.1, step_size=0.03, num_steps=3, loss=loss, init="none")
+  batch_adv, batch_probe = attacks.pgd_lipschitz_probe(logits_fn, x, y, **settings)
+  for i in range(6):
+    alone_adv, alone_probe = attacks.pgd_lipschitz_probe(logits_fn, x[i:i + 1], y[i:i + 1],
+                                                         **settings)
+    np.testing.assert_allclose(batch_adv[i:i + 1], alone_adv, atol=1e-5)
+    np.testing.assert_allclose(batch_probe[i:i + 1], alone_probe, rtol=1e-4)
+
+
+def test_restarts_never_weaken_the_attack(wrn):
+  logits_fn = models.model_logits_fn(wrn)
+  x, y = helpers.images(4, 64), helpers.labels(4, 64)
+  settings = dict(key=KEY, eps=0.05, step_size=0.02, num_steps=3, init="uniform")
+  single = attacks.pgd(logits_fn, x, y, restarts=1, **settings)
+  several = attacks.pgd(logits_fn, x, y, restarts=4, **settings)
+  fooled_single = np.argmax(logits_fn(single), -1) != np.asarray(y)
+  fooled_several = np.argmax(logits_fn(several), -1) != np.asarray(y)
+  assert np.all(fooled_several[fooled_single])
+  assert fooled_several.sum() > fooled_single.sum()  # This setting leaves room to improve.
+
+
+def test_kl_attack_is_label_free(wrn):
+  logits_fn = models.model_logits_fn(wrn)
+  x = helpers.images(5, 8)
+  settings = dict(key=KEY, eps=0.1, step_size=0.03, num_steps=2, loss="kl", init="normal")
+  np.testing.assert_array_equal(attacks.pgd(logits_fn, x, None, **settings),
+                                attacks.pgd(logits_fn, x, helpers.labels(5, 8), **settings))
+
+
+def test_pgd_is_jittable_and_equals_eager(wrn):
+  logits_fn = models.model_logits_fn(wrn)
+  x, y = helpers.images(6, 8), helpers.labels(6, 8)
+  run = lambda x, y: attacks.pgd(logits_fn, x, y, key=KEY, eps=0.1, step_size=0.03,
+                                 num_steps=2)
+  np.testing.assert_allclose(jax.jit(run)(x, y), run(x, y), atol=1e-6)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(eps=-0.1), "eps must be >= 0"),
+    (dict(step_size=-1.0), "step_size must be >= 0"),
+    (dict(num_steps=0), "num_steps must be an integer >= 1"),
+    (dict(restarts=0), "restarts must be an integer >= 1"),
+    (dict(norm="l1"), "Unknown norm 'l1'"),
+    (dict(loss="hinge"), "Unknown attack loss 'hinge'"),
+    (dict(init="zeros"), "Unknown init 'zeros'"),
+    (dict(x=2.0 * helpers.images(7, 4)), r"x must lie in \[0, 1\]"),
+    (dict(x=(255 * helpers.images(7, 4)).astype(jnp.uint8)), "must be floating point"),
+    (dict(y=jnp.array([0, 1, 2, 10])), r"y must lie in \[0, 9\]"),
+    (dict(y=jnp.array([0, 1, 2])), r"y must have shape \(4,\)"),
+    (dict(y=None), "needs labels y"),
+    (dict(num_classes=2, loss="dlr"), "needs at least 3 classes"),
+])
+def test_bad_input_gets_a_clear_error(change, message):
+  logits_fn = models.model_logits_fn(helpers.tiny_wrn(num_classes=change.pop("num_classes", 10)))
+  args = dict(x=helpers.images(7, 4), y=jnp.array([0, 1, 1, 0]), key=KEY, eps=0.1,
+              step_size=0.02, num_steps=2, norm="linf", loss="ce", init="uniform", restarts=1)
+  args.update(change)
+  x, y = args.pop("x"), args.pop("y")
+  with pytest.raises(ValueError, match=message):
+    attacks.pgd(logits_fn, x, y, **args)
