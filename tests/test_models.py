@@ -1,0 +1,111 @@
+"""Model families: parameter counts from closed forms, parameterizations, the functional
+boundary."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from robustwidth import models
+from tests import helpers
+
+
+def _abstract_param_count(make):
+  return models.count_params(nnx.state(nnx.eval_shape(make), nnx.Param))
+
+
+@pytest.mark.parametrize("depth,width,expected", [
+    (34, 10, 46_160_474),   # The TRADES reference WRN-34-10 (without its unused sub_block1).
+    (28, 10, 36_479_194),   # WRN-28-10 as published.
+    (16, 4, 2_748_890),     # WRN-16-4 as published.
+])
+def test_wide_resnet_parameter_counts(depth, width, expected):
+  count = _abstract_param_count(
+      lambda: models.WideResNet(depth, width, 10, rngs=nnx.Rngs(0)))
+  assert count == expected
+
+
+def _wrn_count_by_hand(depth, k, c=16, classes=10, inputs=3):
+  n = (depth - 4) // 6
+  ch = [c, c * k, 2 * c * k, 4 * c * k]
+  total = 9 * inputs * ch[0]
+  for stage in range(3):
+    for i in range(n):
+      a, b = (ch[stage] if i == 0 else ch[stage + 1]), ch[stage + 1]
+      total += 2 * a + 9 * a * b + 2 * b + 9 * b * b + (a * b if a != b else 0)
+  return total + 2 * ch[3] + ch[3] * classes + classes
+
+
+@pytest.mark.parametrize("depth,k,c", [(10, 1, 1), (10, 3, 2), (16, 2, 4), (22, 1, 16)])
+def test_wide_resnet_count_matches_the_architecture_by_hand(depth, k, c):
+  count = _abstract_param_count(lambda: models.WideResNet(
+      depth, k, 10, in_channels=1, base_channels=c, rngs=nnx.Rngs(0)))
+  assert count == _wrn_count_by_hand(depth, k, c, inputs=1)
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_mlp_and_cnn_counts(width):
+  mlp = _abstract_param_count(lambda: models.create_model(
+      "mlp", width=width, num_classes=10, input_shape=(8, 8, 1), seed=0, depth=2,
+      base_channels=16))
+  h = 16 * width
+  assert mlp == 64 * h + h + h * h + h + h * 10 + 10
+  cnn = _abstract_param_count(lambda: models.create_model(
+      "cnn", width=width, num_classes=10, input_shape=(8, 8, 3), seed=0, base_channels=4))
+  a, b, c = 4 * width, 8 * width, 16 * width
+  assert cnn == 9 * 3 * a + a + 9 * a * b + b + 9 * b * c + c + c * 10 + 10
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn", "wide_resnet"])
+def test_ntk_parameterization_computes_the_same_function_at_init(family):
+  # Same seed → same unit-variance draws; standard stores w·sqrt(gain/fan), NTK stores w and
+  # multiplies the output by sqrt(gain/fan). Same function, different parameters.
+  make = lambda p: models.create_model(family, width=2, num_classes=10, input_shape=(8, 8, 1),
+                                       seed=3, depth=10 if family == "wide_resnet" else 2,
+                                       base_channels=4, parameterization=p)
+  standard, ntk = make("standard"), make("ntk")
+  x = helpers.images(0, 4)
+  np.testing.assert_allclose(standard(x), ntk(x), rtol=1e-4, atol=1e-5)
+  std_kernels = jax.tree.leaves(nnx.state(standard, nnx.Param))
+  ntk_kernels = jax.tree.leaves(nnx.state(ntk, nnx.Param))
+  ratio = [float(jnp.std(s) / jnp.std(n)) for s, n in zip(std_kernels, ntk_kernels)
+           if s.ndim > 1]
+  assert all(r < 0.9 for r in ratio)  # Standard kernels are scaled down; NTK ones are N(0, 1).
+
+
+def test_wide_resnet_init_matches_the_reference():
+  model = models.WideResNet(10, 2, 10, rngs=nnx.Rngs(0))
+  conv = model.blocks[2].conv2.kernel[...]      # 3×3, 128 → 128
+  assert float(jnp.std(conv)) == pytest.approx((2 / (9 * 128)) ** 0.5, rel=0.02)
+  head = model.head.kernel[...]
+  bound = 1 / np.sqrt(128)
+  assert float(jnp.max(jnp.abs(head))) <= bound and float(jnp.std(head)) == pytest.approx(
+      bound / np.sqrt(3), rel=0.05)
+  assert float(jnp.abs(model.head.bias[...]).max()) == 0.0
+  assert float(jnp.abs(model.bn.scale[...] - 1).max()) == 0.0
+
+
+def test_functional_apply_is_pure_and_train_mode_updates_batch_statistics():
+  graphdef, params, state = models.split(helpers.tiny_wrn())
+  x = helpers.images(1, 8)
+  before = jax.tree.map(np.asarray, state)
+  logits_eval, same_state = models.apply(graphdef, params, state, x, train=False)
+  logits_train, new_state = models.apply(graphdef, params, state, x, train=True)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state))
+  assert same_state is state
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before,
+                         jax.tree.map(np.asarray, new_state))
+  assert all(jax.tree.leaves(changed))
+  assert not np.allclose(logits_eval, logits_train)  # Batch vs running statistics.
+
+
+def test_bad_model_arguments():
+  with pytest.raises(ValueError, match="depth must be 6n"):
+    models.WideResNet(12, 1, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="width must be a positive integer"):
+    models.create_model("mlp", width=0, num_classes=10, input_shape=(8, 8, 1), seed=0)
+  with pytest.raises(ValueError, match="Unknown model family"):
+    models.create_model("resnet", width=1, num_classes=10, input_shape=(8, 8, 1), seed=0)
+  with pytest.raises(ValueError, match="Unknown parameterization"):
+    models.create_model("mlp", width=1, num_classes=10, input_shape=(8, 8, 1), seed=0,
+                        parameterization="mup")
