@@ -1,0 +1,180 @@
+"""The experiment configuration: every key with its default, argument parsing for
+`configs/file.py:key=value,...`, and validation at start-up.
+
+Each file in configs/ starts from `base()` and changes values; it never adds keys, so a
+misspelt key (in a file or on the command line) is an error that names the key, not a silently
+ignored setting.
+"""
+import ast
+import difflib
+
+import ml_collections
+
+from robustwidth import attacks, optim, steps, war
+from robustwidth.models import FAMILIES, PARAMETERIZATIONS
+
+JOBS = ("train", "width_study", "ntk_width")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A configuration key or value that cannot be used; the message says which and why."""
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every configuration key, with defaults for one TRADES run on the digits data."""
+  c = ml_collections.ConfigDict()
+  c.job = "train"        # train | width_study (a sweep plus its report) | ntk_width
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"                                        # digits | cifar10 | cifar100
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir (CIFAR)
+  c.data.crop_padding = 0    # random crop after zero-padding by this many pixels (0: off)
+  c.data.flip = False        # random horizontal flips
+
+  c.model = ml_collections.ConfigDict()
+  c.model.family = "wide_resnet"     # wide_resnet | cnn | mlp
+  c.model.depth = 10                 # WRN depth (6n + 4) or MLP hidden layers
+  c.model.width = 1                  # the width multiplier k
+  c.model.base_channels = 16         # channels (MLP: units) that k multiplies
+  c.model.parameterization = "standard"   # standard | ntk
+  c.model.dtype = "float32"          # compute dtype; parameters and BN stats stay float32
+
+  # The threat model, shared by training and evaluation.
+  c.attack = ml_collections.ConfigDict()
+  c.attack.norm = "linf"
+  c.attack.eps = 0.031       # TRADES' 0.031; RobustBench uses 8/255 (0.0314) — not the same
+
+  c.train = ml_collections.ConfigDict()
+  c.train.method = "trades"          # standard | pgd_at | trades
+  c.train.beta = 6.0                 # TRADES β = Eq. 1's λ (λ0 for the WAR rules)
+  c.train.stop_gradient_target = False   # reference: gradients flow through the clean target
+  c.train.attack_steps = 10          # inner maximization (KL for trades, CE for pgd_at)
+  c.train.attack_step_size = 0.007
+  c.train.attack_init = "normal"     # normal (x + 0.001·N(0,1), TRADES) | uniform | none
+  c.train.epochs = 100
+  c.train.batch_size = 128           # global batch, split over all devices
+  c.train.lr = 0.1
+  c.train.momentum = 0.9
+  c.train.weight_decay = 2e-4
+  c.train.schedule = "multistep"     # multistep | halving | cosine | constant
+  c.train.decay_epochs = (75, 90)    # multistep: ×0.1 at each
+  c.train.halving_start = 75         # halving: ×0.5 every epoch from here
+  c.train.checkpoint_every_steps = 0  # extra mid-epoch checkpoints (0: at epoch ends only)
+
+  c.war = ml_collections.ConfigDict()
+  c.war.rule = "fixed"               # fixed | static | adaptive (see robustwidth/war.py)
+  c.war.reference_width = 1.0        # k0, the thin network λ0 was tuned on
+  c.war.gamma = 0.0                  # static: λ = λ0 · (k / k0)^γ
+  c.war.reference_ratio = 0.0        # adaptive: r0 recorded by the thin run
+  c.war.beta_max = 100.0             # adaptive: upper bound on λ
+  c.war.ema_decay = 0.99             # adaptive: smoothing of the loss averages
+
+  # Per-epoch evaluation on the whole test split: PGD with cross-entropy.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 1
+  c.eval.batch_size = 500
+  c.eval.num_steps = 20
+  c.eval.step_size = 0.003           # TRADES' 0.003; the authors used 0.007
+  c.eval.init = "uniform"
+  c.eval.restarts = 1
+
+  # width_study: the grid of runs (each run is this config with one grid point applied).
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.widths = (1,)
+  c.sweep.betas = (6.0,)
+  c.sweep.seeds = (0,)
+  c.sweep.war_rules = ()             # extra rows per width > reference_width: static, adaptive
+  return c
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses "width=10,beta=6" (the part after `file.py:`) into typed values over `defaults`.
+
+  Values are Python literals when they parse as one (10, 6.0, (1, 2)), strings otherwise.
+  """
+  result = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return result
+  for item in arg.split(","):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ConfigError(f"Config argument {item!r} is not one of "
+                        f"{sorted(defaults)} (write them as key=value,key=value).")
+    try:
+      parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed = value
+    result[key] = type(defaults[key])(parsed) if defaults[key] is not None else parsed
+  return result
+
+
+def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _fail(key: str, value, allowed: str) -> None:
+  raise ConfigError(f"config.{key} = {value!r} is not allowed: {allowed}.")
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
+  """Raises ConfigError naming the first unknown key or invalid value."""
+  known, given = _flatten(base()), _flatten(config)
+  for key in given:
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f"; did you mean config.{close[0]}?" if close else ""
+      raise ConfigError(f"config.{key} is not a known configuration key{hint} "
+                        "(all keys and defaults: robustwidth/config.py).")
+  choices = {
+      "job": JOBS, "data.name": ("digits", "cifar10", "cifar100"), "model.family": FAMILIES,
+      "model.parameterization": PARAMETERIZATIONS, "model.dtype": DTYPES,
+      "attack.norm": attacks.NORMS, "train.method": steps.METHODS,
+      "train.attack_init": attacks.INITS, "train.schedule": optim.SCHEDULES,
+      "war.rule": war.RULES, "eval.init": attacks.INITS,
+  }
+  for key, allowed in choices.items():
+    if given.get(key, known[key]) not in allowed:
+      _fail(key, given[key], f"use one of {allowed}")
+  positive_ints = ("model.depth", "model.width", "model.base_channels", "train.attack_steps",
+                   "train.epochs", "train.batch_size", "eval.every_epochs", "eval.batch_size",
+                   "eval.num_steps", "eval.restarts")
+  for key in positive_ints:
+    if not isinstance(given[key], int) or given[key] < 1:
+      _fail(key, given[key], "it must be an integer >= 1")
+  nonnegative = ("attack.eps", "train.beta", "train.attack_step_size", "train.lr",
+                 "train.momentum", "train.weight_decay", "eval.step_size",
+                 "train.checkpoint_every_steps", "data.crop_padding")
+  for key in nonnegative:
+    if not given[key] >= 0:
+      _fail(key, given[key], "it must be >= 0")
+  if config.model.family == "wide_resnet" and (config.model.depth - 4) % 6:
+    _fail("model.depth", config.model.depth,
+          "a WideResNet depth is 6n + 4 (10, 16, 22, 28, 34, ...)")
+  for key in ("train.batch_size", "eval.batch_size"):
+    if given[key] % device_count:
+      _fail(key, given[key], f"it must be divisible by the {device_count} devices")
+  if config.sweep.war_rules and not set(config.sweep.war_rules) <= {"static", "adaptive"}:
+    _fail("sweep.war_rules", config.sweep.war_rules, "use rules from ('static', 'adaptive')")
+  for key in ("sweep.widths", "sweep.betas", "sweep.seeds"):
+    if not given[key]:
+      _fail(key, given[key], "it needs at least one value")
+  try:
+    war_rule(config)
+  except ValueError as error:
+    raise ConfigError(f"config.war: {error}") from None
+
+
+def war_rule(config: ml_collections.ConfigDict) -> war.Rule:
+  """The λ rule of one run."""
+  return war.Rule(name=config.war.rule, beta0=config.train.beta,
+                  width=config.model.width, reference_width=config.war.reference_width,
+                  gamma=config.war.gamma, reference_ratio=config.war.reference_ratio,
+                  beta_max=config.war.beta_max, ema_decay=config.war.ema_decay)

@@ -1,0 +1,269 @@
+"""train_and_evaluate(config, workdir): one adversarial-training run, resumable.
+
+The stateful shell around the pure steps: it loads data, builds the model, jits the steps over
+a data-parallel mesh (state replicated and donated, batch sharded), evaluates on the whole test
+split every `eval.every_epochs`, keeps the latest and the best (PGD robust accuracy)
+checkpoints, logs to JSONL and TensorBoard, and writes `record.json`, the run's result.
+
+Started again on the same workdir it resumes from the latest checkpoint, at the exact step,
+data order and random keys; a finished run returns its record without training again.
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from robustwidth import config as config_lib
+from robustwidth import data, metrics, models, optim, parallel, steps, war
+from robustwidth.checkpoint import CheckpointError, Checkpoints
+from robustwidth.writers import MetricWriter
+
+_EVAL_KEY_SALT = 0x7E57  # Evaluation keys are fixed per run, so epochs compare like for like.
+
+
+def _dtype(name: str):
+  return None if name == "float32" else jnp.dtype(name)
+
+
+def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: int):
+  return models.create_model(
+      config.model.family, width=config.model.width, num_classes=num_classes,
+      input_shape=image_shape, seed=config.seed, depth=config.model.depth,
+      base_channels=config.model.base_channels,
+      parameterization=config.model.parameterization, dtype=_dtype(config.model.dtype))
+
+
+def train_settings(config: ml_collections.ConfigDict) -> steps.TrainSettings:
+  attack = None
+  if config.train.method != "standard":
+    attack = steps.AttackSettings(
+        eps=config.attack.eps, step_size=config.train.attack_step_size,
+        num_steps=config.train.attack_steps, norm=config.attack.norm,
+        loss="kl" if config.train.method == "trades" else "ce", init=config.train.attack_init)
+  return steps.TrainSettings(
+      method=config.train.method, attack=attack, rule=config_lib.war_rule(config),
+      stop_gradient_target=config.train.stop_gradient_target,
+      crop_padding=config.data.crop_padding, flip=config.data.flip)
+
+
+def eval_attack(config: ml_collections.ConfigDict) -> steps.AttackSettings:
+  return steps.AttackSettings(eps=config.attack.eps, step_size=config.eval.step_size,
+                              num_steps=config.eval.num_steps, norm=config.attack.norm,
+                              loss="ce", init=config.eval.init, restarts=config.eval.restarts)
+
+
+class _Run:
+  """Everything one run needs, built once: data, model, optimizer, jitted steps, state."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    config_lib.validate(config, jax.device_count())
+    self.config, self.workdir = config, workdir
+    self.config_json = config.to_json(sort_keys=True)
+    self.train_split = data.load(config.data.name, "train", data_dir=config.data.data_dir)
+    self.test_split = data.load(config.data.name, "test", data_dir=config.data.data_dir)
+    self.steps_per_epoch = data.steps_per_epoch(self.train_split, config.train.batch_size)
+    self.total_steps = self.steps_per_epoch * config.train.epochs
+    model = build_model(config, self.train_split.image_shape, self.train_split.num_classes)
+    self.graphdef, params, model_state = models.split(model)
+    self.num_params = models.count_params(params)
+    self.schedule = optim.learning_rate_schedule(
+        config.train.schedule, base_lr=config.train.lr, steps_per_epoch=self.steps_per_epoch,
+        epochs=config.train.epochs, decay_epochs=config.train.decay_epochs,
+        halving_start=config.train.halving_start)
+    self.optimizer = optim.sgd(self.schedule, momentum=config.train.momentum,
+                               weight_decay=config.train.weight_decay)
+    self.settings = train_settings(config)
+    self.mesh = parallel.data_mesh()
+    self.state = parallel.replicate(steps.init_train_state(
+        params, model_state, self.optimizer, config.seed, self.settings.rule), self.mesh)
+    self.eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _EVAL_KEY_SALT)
+
+  def compile(self) -> None:
+    """Compiles both steps ahead of time: compile time is measured apart from training
+    throughput, and a step can never silently recompile."""
+    config = self.config
+    replicated, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
+    start = time.time()
+    self.train_step = jax.jit(
+        steps.make_train_step(self.graphdef, self.optimizer, self.settings),
+        in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
+        donate_argnums=0).lower(self.state, _batch_spec(config.train.batch_size,
+                                               self.train_split.image_shape, batch)).compile()
+    self.eval_step = jax.jit(
+        steps.make_eval_step(self.graphdef, eval_attack(config)),
+        in_shardings=(replicated, replicated, batch, replicated), out_shardings=replicated,
+    ).lower(self.state.params, self.state.model_state,
+            _batch_spec(config.eval.batch_size, self.test_split.image_shape, batch, mask=True),
+            jax.random.PRNGKey(0)).compile()
+    self.compile_time_s = time.time() - start
+
+  def evaluate(self, state) -> dict:
+    """PGD evaluation on the whole test split: the three accuracies, counts, probe."""
+    totals = {}
+    batches = data.eval_batches(self.test_split, global_batch=self.config.eval.batch_size,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    bar = tqdm(batches, desc="  eval", unit="batch", leave=False, disable=_quiet(),
+               total=-(-len(self.test_split) // self.config.eval.batch_size), mininterval=1.0)
+    for index, batch in enumerate(bar):
+      key = jax.random.fold_in(self.eval_key, index)
+      counts = self.eval_step(state.params, state.model_state,
+                              parallel.put_batch(batch, self.mesh), key)
+      totals = metrics.add_counts(totals, jax.device_get(counts))
+    lipschitz = float(totals.pop("lipschitz_sum")) / max(int(totals["count"]), 1)
+    return {**metrics.fractions(totals), "lipschitz_probe": lipschitz}
+
+
+def _batch_spec(size: int, image_shape, sharding, mask: bool = False) -> dict:
+  spec = {"image": jax.ShapeDtypeStruct((size, *image_shape), jnp.float32, sharding=sharding),
+          "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=sharding)}
+  if mask:
+    spec["mask"] = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=sharding)
+  return spec
+
+
+def _quiet() -> bool | None:
+  """Progress bars: process 0 only, and (None) only when writing to a terminal."""
+  return True if jax.process_index() != 0 else None
+
+
+def _save(run: _Run, checkpoints: Checkpoints, state, meta: dict, eval_metrics=None):
+  checkpoints.save(int(jax.device_get(state.step)), state,
+                   {**meta, "config": run.config_json, "eval": eval_metrics}, eval_metrics)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes, or reuses) the run in `workdir`; returns its record."""
+  record_path = os.path.join(workdir, "record.json")
+  existing = _finished_record(record_path, config)
+  if existing is not None:
+    return existing
+  run = _Run(config, workdir)
+  run.compile()
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  state, meta = run.state, {"train_time_s": 0.0, "wall_time_s": 0.0, "epoch_train": {}}
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    state, meta = checkpoints.restore(latest, run.state, run.config_json)
+    state = parallel.replicate(state, run.mesh)
+    print(f"Resuming {workdir} from step {latest}.")
+  writer = MetricWriter(workdir)
+  start_step = int(jax.device_get(state.step))
+  train_time, wall_start, wall_before = meta["train_time_s"], time.time(), meta["wall_time_s"]
+  batches = data.train_batches(run.train_split, global_batch=config.train.batch_size,
+                               seed=config.seed, start_step=start_step,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+  for epoch in range(start_step // run.steps_per_epoch, config.train.epochs):
+    first = max(start_step, epoch * run.steps_per_epoch)
+    last = (epoch + 1) * run.steps_per_epoch
+    epoch_start, sums, pending = time.time(), {}, None
+    bar = tqdm(total=(last - first) * config.train.batch_size, unit="img", unit_scale=True,
+               desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False,
+               disable=_quiet(), mininterval=1.0)
+    for step in range(first, last):
+      state, step_metrics = run.train_step(state, parallel.put_batch(next(batches), run.mesh))
+      if pending is not None:  # Fetch one step behind, so dispatch runs ahead by one.
+        sums = metrics.add_counts(sums, jax.device_get(pending))
+      pending = step_metrics
+      bar.update(config.train.batch_size)
+      every = config.train.checkpoint_every_steps
+      if every and (step + 1) % every == 0 and step + 1 != last:
+        jax.block_until_ready(state)
+        train_time += time.time() - epoch_start
+        epoch_start = time.time()
+        _save(run, checkpoints, state, {**meta, "train_time_s": train_time,
+                                        "wall_time_s": wall_before + time.time() - wall_start})
+    sums = metrics.add_counts(sums, jax.device_get(pending))
+    bar.close()
+    train_time += time.time() - epoch_start
+    train_means = {k: float(v) / (last - first) for k, v in sums.items()}
+    writer.write(last, "train", {**train_means, "epoch": epoch + 1,
+                                 "learning_rate": float(run.schedule(last - 1))})
+    eval_metrics = None
+    if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.train.epochs:
+      eval_metrics = run.evaluate(state)
+      writer.write(last, "eval", {**eval_metrics, "epoch": epoch + 1})
+    meta = {**meta, "train_time_s": train_time,
+            "wall_time_s": wall_before + time.time() - wall_start,
+            "epoch_train": train_means, "epoch": epoch + 1}
+    _save(run, checkpoints, state, meta, eval_metrics)
+    _print_epoch(epoch + 1, config.train.epochs, train_means, eval_metrics)
+  writer.close()
+  record = _record(run, checkpoints, state, meta)
+  checkpoints.close()
+  if jax.process_index() == 0:
+    with open(record_path, "w") as f:
+      json.dump(record, f, indent=1)
+  return record
+
+
+def _print_epoch(epoch: int, epochs: int, train: dict, evaluation: dict | None) -> None:
+  if _quiet():
+    return
+  line = (f"epoch {epoch}/{epochs}  loss {train['loss']:.4f}  beta {train['beta']:.3g}  "
+          f"train_acc {train['train_accuracy']:.4f}")
+  if evaluation:
+    line += (f"  | test nat {evaluation['natural_accuracy']:.4f}  "
+             f"rob {evaluation['robust_accuracy']:.4f}  "
+             f"stab {evaluation['perturbation_stability']:.4f}  "
+             f"lip {evaluation['lipschitz_probe']:.4g}")
+  print(line, flush=True)
+
+
+def _record(run: _Run, checkpoints: Checkpoints, state, meta: dict) -> dict:
+  """The run's result: the best checkpoint's evaluation (as the paper reports), and the rest."""
+  config = run.config
+  best_step = checkpoints.best_step()
+  best_meta = checkpoints.meta(best_step)
+  final_war = jax.device_get(state.war)
+  rule = run.settings.rule
+  return {
+      "family": config.model.family, "depth": config.model.depth,
+      "width": config.model.width, "base_channels": config.model.base_channels,
+      "params": run.num_params, "dataset": config.data.name, "seed": config.seed,
+      "method": config.train.method, "norm": config.attack.norm, "eps": config.attack.eps,
+      "beta": float(final_war.beta), "beta_initial": rule.initial_beta(),
+      "beta_rule": rule.describe(), "war_ratio": war.measured_ratio(final_war),
+      **best_meta["eval"], "best_epoch": best_meta["epoch"], "best_step": best_step,
+      "epochs": config.train.epochs,
+      "train_lipschitz_probe": meta["epoch_train"]["lipschitz_probe"],
+      "train_time_s": meta["train_time_s"], "wall_time_s": meta["wall_time_s"],
+      "compile_time_s": run.compile_time_s,
+      "images_per_s": run.total_steps * config.train.batch_size / max(meta["train_time_s"],
+                                                                       1e-9),
+      "config": json.loads(run.config_json),
+  }
+
+
+def _finished_record(record_path: str, config: ml_collections.ConfigDict) -> dict | None:
+  if not os.path.exists(record_path):
+    return None
+  with open(record_path) as f:
+    record = json.load(f)
+  if record["config"] != json.loads(config.to_json(sort_keys=True)):
+    raise CheckpointError(
+        f"{record_path} holds a finished run with a different configuration. Use a new "
+        "--workdir for the new configuration; nothing was deleted.")
+  return record
+
+
+def restore_model(workdir: str, which: str = "best"):
+  """(graphdef, params, model_state, config) of a run's best or latest checkpoint."""
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  step = checkpoints.best_step() if which == "best" else checkpoints.latest_step()
+  if step is None:
+    raise CheckpointError(f"No checkpoint found in {workdir}/checkpoints; train the run first "
+                          "(python -m launch.main --config ... --workdir ...).")
+  meta = checkpoints.meta(step)
+  config = ml_collections.ConfigDict(json.loads(meta["config"]))
+  run = _Run(config, workdir)
+  state, _ = checkpoints.restore(step, run.state, run.config_json)
+  checkpoints.close()
+  return run.graphdef, state.params, state.model_state, config
+
