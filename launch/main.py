@@ -8,6 +8,8 @@ Multi-host (one process per host, every host runs the same command): add --distr
 on hosts where JAX cannot discover the cluster (not on Cloud TPU or SLURM) also
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I. See launch/multihost.sh.
 """
+import os
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -45,6 +47,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  if not jax.config.jax_compilation_cache_dir:  # Reruns and resumed runs skip compilation.
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser("~/.cache/robustwidth/jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,

@@ -144,14 +144,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if existing is not None:
     return existing
   run = _Run(config, workdir)
-  run.compile()
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
   state, meta = run.state, {"train_time_s": 0.0, "wall_time_s": 0.0, "epoch_train": {}}
   latest = checkpoints.latest_step()
-  if latest is not None:
+  if latest is not None:  # Restored before compiling, so a bad checkpoint fails at once.
     state, meta = checkpoints.restore(latest, run.state, run.config_json)
     state = parallel.replicate(state, run.mesh)
-    print(f"Resuming {workdir} from step {latest}.")
+    if jax.process_index() == 0:
+      print(f"Resuming {workdir} from step {latest}.", flush=True)
+  run.compile()
   writer = MetricWriter(workdir)
   start_step = int(jax.device_get(state.step))
   train_time, wall_start, wall_before = meta["train_time_s"], time.time(), meta["wall_time_s"]
