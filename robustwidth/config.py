@@ -32,6 +32,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir (CIFAR)
   c.data.crop_padding = 0    # random crop after zero-padding by this many pixels (0: off)
   c.data.flip = False        # random horizontal flips
+  c.data.extra_path = ml_collections.config_dict.placeholder(str)  # .npz: images, labels
+  c.data.extra_fraction = 0.0  # fraction of every batch drawn from the extra data
 
   c.model = ml_collections.ConfigDict()
   c.model.family = "wide_resnet"     # wide_resnet | cnn | mlp
@@ -67,7 +69,8 @@ def base() -> ml_collections.ConfigDict:
   c.war.rule = "fixed"               # fixed | static | adaptive (see robustwidth/war.py)
   c.war.reference_width = 1.0        # k0, the thin network λ0 was tuned on
   c.war.gamma = 0.0                  # static: λ = λ0 · (k / k0)^γ
-  c.war.reference_ratio = 0.0        # adaptive: r0 recorded by the thin run
+  c.war.reference_ratio = 0.0        # adaptive: r0; 0 means "read it from reference_run"
+  c.war.reference_run = ml_collections.config_dict.placeholder(str)  # thin run's workdir
   c.war.beta_max = 100.0             # adaptive: upper bound on λ
   c.war.ema_decay = 0.99             # adaptive: smoothing of the loss averages
 
@@ -85,7 +88,9 @@ def base() -> ml_collections.ConfigDict:
   c.sweep.widths = (1,)
   c.sweep.betas = (6.0,)
   c.sweep.seeds = (0,)
-  c.sweep.war_rules = ()             # extra rows per width > reference_width: static, adaptive
+  c.sweep.war_rules = ()             # WAR rows for each width > war.reference_width:
+                                     # static and/or adaptive (the fixed rows always run)
+  c.sweep.war_betas = ()             # β0 of the WAR rows (empty: every value of sweep.betas)
   return c
 
 
@@ -155,6 +160,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   for key in nonnegative:
     if not given[key] >= 0:
       _fail(key, given[key], "it must be >= 0")
+  if not 0 <= config.data.extra_fraction < 1:
+    _fail("data.extra_fraction", config.data.extra_fraction, "it must lie in [0, 1)")
+  if config.data.extra_fraction and not config.data.extra_path:
+    _fail("data.extra_path", config.data.extra_path,
+          "data.extra_fraction > 0 needs an .npz file of extra images and labels")
   if config.model.family == "wide_resnet" and (config.model.depth - 4) % 6:
     _fail("model.depth", config.model.depth,
           "a WideResNet depth is 6n + 4 (10, 16, 22, 28, 34, ...)")
@@ -163,18 +173,34 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
       _fail(key, given[key], f"it must be divisible by the {device_count} devices")
   if config.sweep.war_rules and not set(config.sweep.war_rules) <= {"static", "adaptive"}:
     _fail("sweep.war_rules", config.sweep.war_rules, "use rules from ('static', 'adaptive')")
+  if not set(config.sweep.war_betas) <= set(config.sweep.betas):
+    _fail("sweep.war_betas", config.sweep.war_betas,
+          "each β0 needs its thin reference run: use values from sweep.betas")
+  if config.sweep.war_rules and config.war.reference_width not in config.sweep.widths:
+    _fail("war.reference_width", config.war.reference_width,
+          f"the WAR rows need the thin reference run in the grid: use one of "
+          f"sweep.widths {tuple(config.sweep.widths)}")
   for key in ("sweep.widths", "sweep.betas", "sweep.seeds"):
     if not given[key]:
       _fail(key, given[key], "it needs at least one value")
-  try:
-    war_rule(config)
+  adaptive_from_run = (config.war.rule == "adaptive" and config.war.reference_ratio == 0
+                       and config.war.reference_run)
+  try:  # A ratio still to be read from the reference run is checked when it is read.
+    war_rule(config, reference_ratio=1.0 if adaptive_from_run else None)
   except ValueError as error:
     raise ConfigError(f"config.war: {error}") from None
 
 
-def war_rule(config: ml_collections.ConfigDict) -> war.Rule:
-  """The λ rule of one run."""
+def extra_per_batch(config: ml_collections.ConfigDict) -> int:
+  """Rows of every training batch drawn from the extra data."""
+  return round(config.data.extra_fraction * config.train.batch_size)
+
+
+def war_rule(config: ml_collections.ConfigDict, reference_ratio: float | None = None
+             ) -> war.Rule:
+  """The λ rule of one run; `reference_ratio` overrides config.war.reference_ratio."""
+  ratio = config.war.reference_ratio if reference_ratio is None else reference_ratio
   return war.Rule(name=config.war.rule, beta0=config.train.beta,
                   width=config.model.width, reference_width=config.war.reference_width,
-                  gamma=config.war.gamma, reference_ratio=config.war.reference_ratio,
+                  gamma=config.war.gamma, reference_ratio=ratio,
                   beta_max=config.war.beta_max, ema_decay=config.war.ema_decay)

@@ -38,6 +38,20 @@ def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: int
       parameterization=config.model.parameterization, dtype=_dtype(config.model.dtype))
 
 
+def reference_ratio(config: ml_collections.ConfigDict) -> float | None:
+  """r0 for the adaptive WAR rule: given, or read from the thin reference run's record."""
+  if config.war.rule != "adaptive" or config.war.reference_ratio > 0:
+    return None
+  path = os.path.join(config.war.reference_run, "record.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"The adaptive WAR rule reads r0 from the thin reference run's record {path}, which "
+        "does not exist: train that run first (a width study trains it first), or set "
+        "config.war.reference_ratio.")
+  with open(path) as f:
+    return json.load(f)["war_ratio"]
+
+
 def train_settings(config: ml_collections.ConfigDict) -> steps.TrainSettings:
   attack = None
   if config.train.method != "standard":
@@ -46,7 +60,8 @@ def train_settings(config: ml_collections.ConfigDict) -> steps.TrainSettings:
         num_steps=config.train.attack_steps, norm=config.attack.norm,
         loss="kl" if config.train.method == "trades" else "ce", init=config.train.attack_init)
   return steps.TrainSettings(
-      method=config.train.method, attack=attack, rule=config_lib.war_rule(config),
+      method=config.train.method, attack=attack,
+      rule=config_lib.war_rule(config, reference_ratio(config)),
       stop_gradient_target=config.train.stop_gradient_target,
       crop_padding=config.data.crop_padding, flip=config.data.flip)
 
@@ -66,7 +81,11 @@ class _Run:
     self.config_json = config.to_json(sort_keys=True)
     self.train_split = data.load(config.data.name, "train", data_dir=config.data.data_dir)
     self.test_split = data.load(config.data.name, "test", data_dir=config.data.data_dir)
-    self.steps_per_epoch = data.steps_per_epoch(self.train_split, config.train.batch_size)
+    self.extra_per_batch = config_lib.extra_per_batch(config)
+    self.extra_split = (data.load_extra(config.data.extra_path, self.train_split)
+                        if self.extra_per_batch else None)
+    self.steps_per_epoch = data.steps_per_epoch(
+        self.train_split, config.train.batch_size - self.extra_per_batch)
     self.total_steps = self.steps_per_epoch * config.train.epochs
     model = build_model(config, self.train_split.image_shape, self.train_split.num_classes)
     self.graphdef, params, model_state = models.split(model)
@@ -119,6 +138,13 @@ class _Run:
     return {**metrics.fractions(totals), "lipschitz_probe": lipschitz}
 
 
+def _log_step(writer: MetricWriter, step: int, step_metrics: dict, sums: dict) -> dict:
+  """Logs λ and the loss terms of the step that ended at `step`; returns the epoch's sums."""
+  writer.write(step, "step", {k: step_metrics[k] for k in
+                              ("beta", "loss", "natural_loss", "robust_term")})
+  return metrics.add_counts(sums, step_metrics)
+
+
 def _batch_spec(size: int, image_shape, sharding, mask: bool = False) -> dict:
   spec = {"image": jax.ShapeDtypeStruct((size, *image_shape), jnp.float32, sharding=sharding),
           "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=sharding)}
@@ -159,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batches = data.train_batches(run.train_split, global_batch=config.train.batch_size,
                                seed=config.seed, start_step=start_step,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(), extra=run.extra_split,
+                               extra_per_batch=run.extra_per_batch)
   for epoch in range(start_step // run.steps_per_epoch, config.train.epochs):
     first = max(start_step, epoch * run.steps_per_epoch)
     last = (epoch + 1) * run.steps_per_epoch
@@ -170,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(first, last):
       state, step_metrics = run.train_step(state, parallel.put_batch(next(batches), run.mesh))
       if pending is not None:  # Fetch one step behind, so dispatch runs ahead by one.
-        sums = metrics.add_counts(sums, jax.device_get(pending))
+        sums = _log_step(writer, step, jax.device_get(pending), sums)
       pending = step_metrics
       bar.update(config.train.batch_size)
       every = config.train.checkpoint_every_steps
@@ -180,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         epoch_start = time.time()
         _save(run, checkpoints, state, {**meta, "train_time_s": train_time,
                                         "wall_time_s": wall_before + time.time() - wall_start})
-    sums = metrics.add_counts(sums, jax.device_get(pending))
+    sums = _log_step(writer, last, jax.device_get(pending), sums)
     bar.close()
     train_time += time.time() - epoch_start
     train_means = {k: float(v) / (last - first) for k, v in sums.items()}
@@ -231,6 +258,7 @@ def _record(run: _Run, checkpoints: Checkpoints, state, meta: dict) -> dict:
       "method": config.train.method, "norm": config.attack.norm, "eps": config.attack.eps,
       "beta": float(final_war.beta), "beta_initial": rule.initial_beta(),
       "beta_rule": rule.describe(), "war_ratio": war.measured_ratio(final_war),
+      "war_reference_ratio": rule.reference_ratio,
       **best_meta["eval"], "best_epoch": best_meta["epoch"], "best_step": best_step,
       "epochs": config.train.epochs,
       "train_lipschitz_probe": meta["epoch_train"]["lipschitz_probe"],

@@ -58,8 +58,9 @@ class Rule:
                        f"{self.width} and {self.reference_width}.")
     if self.name == "adaptive":
       if self.reference_ratio <= 0:
-        raise ValueError("The adaptive WAR rule needs reference_ratio > 0: the ratio r "
-                         "recorded by the thin reference run (its 'war_ratio' field).")
+        raise ValueError("The adaptive WAR rule needs reference_ratio > 0 (the ratio r a thin "
+                         "reference run records as 'war_ratio'), or reference_run, that "
+                         "run's workdir.")
       if self.beta_max < self.beta0:
         raise ValueError(f"war beta_max ({self.beta_max}) must be >= beta0 ({self.beta0}).")
       if not 0 <= self.ema_decay < 1:

@@ -23,7 +23,9 @@ from robustwidth.checkpoint import CheckpointError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 1437 // 64  # digits train split, smoke batch size
-TRADES = ("train.checkpoint_every_steps=5",)  # Mid-epoch checkpoints for the SIGKILL test.
+# Mid-epoch checkpoints for the SIGKILL test, and the adaptive WAR rule (its λ moves every
+# step, from 6 toward ~11 here), so that resuming must restore the rule's running state too.
+TRADES = ("train.checkpoint_every_steps=5", "war.rule=adaptive", "war.reference_ratio=0.05")
 
 
 def _command(workdir, overrides, flags=()):
@@ -54,7 +56,7 @@ def _params(workdir):
 
 
 EVAL_KEYS = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "correct",
-             "robust", "stable", "lipschitz_probe", "war_ratio", "best_step")
+             "robust", "stable", "lipschitz_probe", "war_ratio", "best_step", "beta")
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +74,14 @@ def test_smoke_run_writes_its_outputs_and_a_finished_run_is_reused(baseline):
   for key in ("width", "beta", "beta_rule", "natural_accuracy", "robust_accuracy",
               "perturbation_stability", "params", "lipschitz_probe", "compile_time_s"):
     assert key in record
-  assert record["beta_rule"] == "fixed(beta=6)" and record["count"] == 360
+  assert record["beta_rule"].startswith("adaptive(beta0=6, r0=0.05") and record["count"] == 360
+  assert 7 < record["beta"] < 100  # The adaptive rule enlarged λ.
   assert record["natural_accuracy"] > 0.25  # Two epochs learn something on digits.
-  kinds = [json.loads(line)["kind"] for line in open(workdir / "metrics.jsonl")]
+  logged = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  kinds = [entry["kind"] for entry in logged]
   assert kinds.count("train") == 2 and kinds.count("eval") == 2
+  betas = [entry["beta"] for entry in logged if entry["kind"] == "step"]
+  assert len(betas) == 2 * STEPS_PER_EPOCH and betas[0] == 6.0 and betas[-1] > betas[0]
   assert any(p.name.startswith("events.out.tfevents")
              for p in (workdir / "tensorboard").iterdir())
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
@@ -146,6 +152,7 @@ def test_eight_devices_train_what_one_device_trains(tmp_path):
 def _baseline_config():
   config = smoke.get_config()
   config.train.checkpoint_every_steps = 5
+  config.war.rule, config.war.reference_ratio = "adaptive", 0.05
   return config
 
 

@@ -1,9 +1,16 @@
 """Data sets as in-memory splits, and host-sharded batch iterators over them."""
 from robustwidth.data import digits
-from robustwidth.data.dataset import (Split, epoch_permutation, eval_batches, steps_per_epoch,
-                                      to_float, train_batches)
+from robustwidth.data.dataset import (Split, epoch_permutation, eval_batches, load_extra,
+                                      steps_per_epoch, to_float, train_batches)
 
 DATASETS = ("digits", "cifar10", "cifar100")
+# Shapes and sizes, known without loading (for cost estimates): image shape, classes, train
+# and test examples.
+INFO = {
+    "digits": ((8, 8, 1), 10, 1437, 360),
+    "cifar10": ((32, 32, 3), 10, 50_000, 10_000),
+    "cifar100": ((32, 32, 3), 100, 50_000, 10_000),
+}
 
 
 def load(name: str, split: str, *, data_dir: str | None = None) -> Split:
@@ -16,5 +23,5 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> Split:
   raise ValueError(f"Unknown data set {name!r}; use one of {DATASETS}.")
 
 
-__all__ = ["DATASETS", "Split", "epoch_permutation", "eval_batches", "load", "steps_per_epoch",
-           "to_float", "train_batches"]
+__all__ = ["DATASETS", "INFO", "Split", "epoch_permutation", "eval_batches", "load",
+           "load_extra", "steps_per_epoch", "to_float", "train_batches"]

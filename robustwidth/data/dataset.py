@@ -9,6 +9,7 @@ same batches. Each global batch is cut into `process_count` contiguous slices an
 only its own.
 """
 import dataclasses
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -70,19 +71,60 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+@functools.lru_cache(maxsize=4)
+def _stream_permutation(num_examples: int, seed: int, cycle: int) -> np.ndarray:
+  return np.random.default_rng([seed, cycle, 1]).permutation(num_examples)
+
+
+def _extra_rows(num_examples: int, seed: int, step: int, count: int) -> np.ndarray:
+  """Rows [step·count, (step + 1)·count) of an endless stream of permutations of the extra
+  data: a pure function of the step, so a resumed run draws the same rows."""
+  positions = np.arange(step * count, (step + 1) * count)
+  cycles, offsets = np.divmod(positions, num_examples)
+  return np.array([_stream_permutation(num_examples, seed, int(c))[o]
+                   for c, o in zip(cycles, offsets)], dtype=np.int64)
+
+
 def train_batches(split: Split, *, global_batch: int, seed: int, start_step: int,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """This host's part of every training batch from global step `start_step` on, forever."""
-  per_epoch = steps_per_epoch(split, global_batch)
+                  process_index: int = 0, process_count: int = 1, extra: Split | None = None,
+                  extra_per_batch: int = 0) -> Iterator[dict]:
+  """This host's part of every training batch from global step `start_step` on, forever.
+
+  With `extra` (e.g. pseudo-labelled images), the last `extra_per_batch` rows of every global
+  batch come from it, and epochs count the primary split alone.
+  """
+  primary = global_batch - extra_per_batch
+  per_epoch = steps_per_epoch(split, primary)
   rows = _host_slice(global_batch, process_index, process_count)
   step = start_step
   while True:
     epoch, offset = divmod(step, per_epoch)
     order = epoch_permutation(len(split), seed, epoch)
     for position in range(offset, per_epoch):
-      index = order[position * global_batch:(position + 1) * global_batch][rows]
-      yield {"image": to_float(split.images[index]), "label": split.labels[index]}
+      index = order[position * primary:(position + 1) * primary]
+      images, labels = to_float(split.images[index]), split.labels[index]
+      if extra_per_batch:
+        extra_index = _extra_rows(len(extra), seed, epoch * per_epoch + position,
+                                  extra_per_batch)
+        images = np.concatenate([images, to_float(extra.images[extra_index])])
+        labels = np.concatenate([labels, extra.labels[extra_index]])
+      yield {"image": images[rows], "label": labels[rows]}
     step = (epoch + 1) * per_epoch
+
+
+def load_extra(path: str, like: Split) -> Split:
+  """Extra training data from an .npz file with `images` [N, H, W, C] (uint8, or float32 in
+  [0, 1]) and `labels` [N] matching the primary split's image shape and classes."""
+  try:
+    arrays = np.load(path)
+    images, labels = arrays["images"], arrays["labels"].astype(np.int32)
+  except (OSError, KeyError, ValueError) as error:
+    raise ValueError(f"config.data.extra_path = {path!r} cannot be read as an .npz file with "
+                     f"arrays 'images' and 'labels' ({error}).") from error
+  if images.shape[1:] != like.images.shape[1:]:
+    raise ValueError(f"The extra images in {path} have shape {images.shape[1:]}, the data set "
+                     f"{like.images.shape[1:]}.")
+  return Split(images, labels, like.num_classes)
 
 
 def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,

@@ -12,12 +12,11 @@ from robustwidth.studies import report, sweep
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   config_lib.validate(config, jax.device_count())
-  runs = sweep.expand(config)
-  for index, run_config in enumerate(runs):
-    name = sweep.run_name(run_config)
+  runs = sweep.expand(config, workdir)
+  for index, (run_dir, run_config) in enumerate(runs):
     if jax.process_index() == 0:
-      print(f"[{index + 1}/{len(runs)}] {name}", flush=True)
-    train.train_and_evaluate(run_config, os.path.join(workdir, name))
+      print(f"[{index + 1}/{len(runs)}] {os.path.basename(run_dir)}", flush=True)
+    train.train_and_evaluate(run_config, run_dir)
   if jax.process_index() == 0:
     path = report.write(workdir)
     print(f"Report: {path}", flush=True)

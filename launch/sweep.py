@@ -1,0 +1,78 @@
+r"""Expands a study's grid (width × β × seed, plus WAR rows) into runs, and runs them one after
+another, prints one command per run for a cluster, or estimates their cost.
+
+  python -m launch.sweep --config configs/default.py --workdir runs/study
+  python -m launch.sweep --config configs/cifar10_width_study.py --workdir runs/c10 \
+      --print_commands          # one `launch.main` command per run, reference runs first
+  python -m launch.sweep --config configs/cifar10_width_study.py --workdir runs/c10 \
+      --dry_run                 # FLOPs per run and the expected time on this machine
+
+The study report (report.md) is written after the runs; for runs launched elsewhere, write it
+with `python -m launch.report --workdir runs/study`.
+"""
+import shlex
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Study configuration file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory; runs go in subdirectories.")
+_PRINT = flags.DEFINE_bool("print_commands", False, "Print one command per run and exit.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print each run's cost and exit.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run_commands(config_argument: str, overrides: dict, runs) -> list[str]:
+  """`launch.main` commands reproducing each run: the study's config file and overrides, then
+  the run's own grid point."""
+  commands = []
+  for run_dir, run in runs:
+    point = {"job": "train", "model.width": run.model.width, "train.beta": run.train.beta,
+             "seed": run.seed, "war.rule": run.war.rule}
+    if run.war.reference_run:
+      point["war.reference_run"] = run.war.reference_run
+    arguments = [f"--config={config_argument}"] + [
+        f"--config.{k}={v}" for k, v in {**overrides, **point}.items()]
+    commands.append(shlex.join(["python", "-m", "launch.main", *arguments,
+                                f"--workdir={run_dir}"]))
+  return commands
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from robustwidth import config as config_lib
+  from robustwidth.studies import sweep, width
+  config = _CONFIG.value
+  config_lib.validate(config)
+  runs = sweep.expand(config, _WORKDIR.value)
+  if _PRINT.value:
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    flat = {k: v for k, v in _flatten(overrides).items()}
+    print("# Runs in dependency order: adaptive WAR runs read their reference run's "
+          "record.json, so start them after it finishes.")
+    for command in run_commands(config_flags.get_config_filename(flags.FLAGS["config"]),
+                                flat, runs):
+      print(command)
+  elif _DRY_RUN.value:
+    from robustwidth.studies import cost
+    cost.print_estimates(runs)
+  else:
+    width.run(config, _WORKDIR.value)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+if __name__ == "__main__":
+  app.run(main)

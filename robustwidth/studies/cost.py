@@ -1,0 +1,92 @@
+"""Cost estimates before runs start (`launch.sweep --dry_run`): FLOPs from XLA's cost analysis
+of the fully unrolled train and eval steps (a rolled loop's body would be counted once), times
+the images a run processes, and the expected time at the FLOP rate measured on this machine."""
+import copy
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from robustwidth import config as config_lib
+from robustwidth import data, models, optim, steps
+from robustwidth.attacks.loop import forced_unroll
+from robustwidth.train import build_model, eval_attack, train_settings
+
+
+def _lowered_steps(config):
+  """Lowered (not compiled) train and eval steps of a run on abstract values; also the
+  parameter count and the train step's abstract arguments."""
+  config = copy.deepcopy(config)
+  config.war.rule = "fixed"  # The λ rule does not change the FLOPs.
+  image_shape, num_classes, _, _ = data.INFO[config.data.name]
+  graphdef, params, model_state = models.split(
+      nnx.eval_shape(lambda: build_model(config, image_shape, num_classes)))
+  optimizer = optim.sgd(optim.learning_rate_schedule("constant", base_lr=0.1, steps_per_epoch=1,
+                                                     epochs=1), momentum=0.9, weight_decay=0.)
+  settings = train_settings(config)
+  state = jax.eval_shape(lambda p, s: steps.init_train_state(p, s, optimizer, 0, settings.rule),
+                         params, model_state)
+  batch = lambda size: {"image": jax.ShapeDtypeStruct((size, *image_shape), jnp.float32),
+                        "label": jax.ShapeDtypeStruct((size,), jnp.int32)}
+  eval_batch = {**batch(config.eval.batch_size),
+                "mask": jax.ShapeDtypeStruct((config.eval.batch_size,), jnp.bool_)}
+  with forced_unroll(True):
+    train_step = jax.jit(steps.make_train_step(graphdef, optimizer, settings)).lower(
+        state, batch(config.train.batch_size))
+    eval_step = jax.jit(steps.make_eval_step(graphdef, eval_attack(config))).lower(
+        state.params, state.model_state, eval_batch, jax.random.PRNGKey(0))
+  return train_step, eval_step, models.count_params(params), (
+      state, batch(config.train.batch_size))
+
+
+def run_flops(config) -> dict:
+  """Training and evaluation FLOPs of one whole run."""
+  train_step, eval_step, params, _ = _lowered_steps(config)
+  _, _, num_train, num_test = data.INFO[config.data.name]
+  steps_per_epoch = num_train // (config.train.batch_size - config_lib.extra_per_batch(config))
+  evaluations = config.train.epochs // config.eval.every_epochs + (
+      config.train.epochs % config.eval.every_epochs != 0)
+  eval_batches = -(-num_test // config.eval.batch_size)
+  return {
+      "params": params,
+      "train_flops": train_step.cost_analysis()["flops"] * steps_per_epoch * config.train.epochs,
+      "eval_flops": eval_step.cost_analysis()["flops"] * eval_batches * evaluations,
+  }
+
+
+def measured_flop_rate() -> tuple[float, str]:
+  """FLOP/s this machine reaches on a TRADES step of WRN-16-1 (c = 16, 32×32, batch 32)."""
+  config = config_lib.base()
+  config.data.name, config.model.depth, config.train.batch_size = "cifar10", 16, 32
+  train_step, _, _, arguments = _lowered_steps(config)
+  compiled = train_step.compile()
+  state, batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), arguments)
+  state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  start, repeats = time.perf_counter(), 3
+  for _ in range(repeats):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  seconds = (time.perf_counter() - start) / repeats
+  rate = train_step.cost_analysis()["flops"] / seconds
+  return rate, f"WRN-16-1 TRADES step, batch 32, on {jax.devices()[0].device_kind}"
+
+
+def print_estimates(runs) -> None:
+  rate, how = measured_flop_rate()
+  print(f"Measured {rate / 1e9:.1f} GFLOP/s ({how}); expected times assume that rate.")
+  print(f"{'run':<40} {'params':>12} {'train PFLOP':>12} {'eval PFLOP':>11} {'hours':>9}")
+  total_flops, cache = 0.0, {}
+  for run_dir, run in runs:
+    key = (run.model.family, run.model.depth, run.model.width, run.model.base_channels,
+           run.data.name)
+    if key not in cache:  # FLOPs depend on the architecture, not on β, seed or rule.
+      cache[key] = run_flops(run)
+    cost = cache[key]
+    flops = cost["train_flops"] + cost["eval_flops"]
+    total_flops += flops
+    print(f"{run_dir:<40} {cost['params']:>12,} {cost['train_flops'] / 1e15:>12.2f} "
+          f"{cost['eval_flops'] / 1e15:>11.2f} {flops / rate / 3600:>9.1f}")
+  print(f"total: {len(runs)} runs, {total_flops / 1e15:.1f} PFLOP, "
+        f"{total_flops / rate / 3600:.1f} hours on this machine")
