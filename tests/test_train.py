@@ -6,7 +6,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -114,22 +113,17 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
 
 
 def test_two_processes_through_jax_distributed_match_one_process(baseline, tmp_path):
-  # Two processes with one device each form the same 2-device mesh as the baseline's single
-  # process, so every per-device computation is the same.
+  # launch/multihost.sh local starts two processes with one device each: the same 2-device
+  # mesh as the baseline's single process, so every per-device computation is the same.
   reference, _ = baseline
   workdir = tmp_path / "two_processes"
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  processes = [subprocess.Popen(
-      _command(workdir, TRADES, ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                                 "--num_processes=2", f"--process_id={i}"]),
-      cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in processes]
-  for process, (_, err) in zip(processes, outputs):
-    assert process.returncode == 0, err[-3000:]
-  assert "epoch 2/2" in outputs[0][0] and "epoch" not in outputs[1][0]  # Process 0 logs.
+  overrides = [f"--config.{o}" for o in TRADES]
+  result = subprocess.run(["bash", "launch/multihost.sh", "local", "2", "configs/smoke.py",
+                           str(workdir), *overrides], cwd=REPO,
+                          env={**_env(1), "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.count("epoch 2/2") == 1  # Only process 0 logs.
   expected, got = _record(reference), _record(workdir)
   for key in EVAL_KEYS:
     assert got[key] == pytest.approx(expected[key], rel=1e-6), key
