@@ -25,6 +25,7 @@ setuptools.setup(
         "importlib_resources",
         "pillow",
         "scikit-learn>=1.5",  # embedded default data set (load_digits)
+        "scipy>=1.11",  # power-law fit intervals (robustwidth.ntk)
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "tensorboardX>=2.6",

@@ -8,6 +8,7 @@ checkpoints, logs to JSONL and TensorBoard, and writes `record.json`, the run's 
 Started again on the same workdir it resumes from the latest checkpoint, at the exact step,
 data order and random keys; a finished run returns its record without training again.
 """
+import dataclasses
 import json
 import os
 import time
@@ -163,6 +164,44 @@ def _save(run: _Run, checkpoints: Checkpoints, state, meta: dict, eval_metrics=N
                    {**meta, "config": run.config_json, "eval": eval_metrics}, eval_metrics)
 
 
+@dataclasses.dataclass
+class _Clock:
+  """Training-step time and wall time, carried across resumptions in checkpoint metadata."""
+  train_s: float
+  wall_before_s: float
+  wall_start: float = dataclasses.field(default_factory=time.time)
+
+  def times(self) -> dict:
+    return {"train_time_s": self.train_s,
+            "wall_time_s": self.wall_before_s + time.time() - self.wall_start}
+
+
+def _train_epoch(run: _Run, state, batches, writer: MetricWriter, checkpoints: Checkpoints,
+                 meta: dict, clock: _Clock, first: int, last: int):
+  """Steps `first` to `last`; returns the state and the epoch's mean step metrics."""
+  config = run.config
+  sums, pending, start = {}, None, time.time()
+  bar = tqdm(total=(last - first) * config.train.batch_size, unit="img", unit_scale=True,
+             desc=f"epoch {last // run.steps_per_epoch}/{config.train.epochs}", leave=False,
+             disable=_quiet(), mininterval=1.0)
+  for step in range(first, last):
+    state, step_metrics = run.train_step(state, parallel.put_batch(next(batches), run.mesh))
+    if pending is not None:  # Fetch one step behind, so dispatch runs ahead by one.
+      sums = _log_step(writer, step, jax.device_get(pending), sums)
+    pending = step_metrics
+    bar.update(config.train.batch_size)
+    every = config.train.checkpoint_every_steps
+    if every and (step + 1) % every == 0 and step + 1 != last:
+      jax.block_until_ready(state)
+      clock.train_s += time.time() - start
+      start = time.time()
+      _save(run, checkpoints, state, {**meta, **clock.times()})
+  sums = _log_step(writer, last, jax.device_get(pending), sums)
+  bar.close()
+  clock.train_s += time.time() - start
+  return state, {k: float(v) / (last - first) for k, v in sums.items()}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes, or reuses) the run in `workdir`; returns its record."""
   record_path = os.path.join(workdir, "record.json")
@@ -180,8 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       print(f"Resuming {workdir} from step {latest}.", flush=True)
   run.compile()
   writer = MetricWriter(workdir)
+  clock = _Clock(meta["train_time_s"], meta["wall_time_s"])
   start_step = int(jax.device_get(state.step))
-  train_time, wall_start, wall_before = meta["train_time_s"], time.time(), meta["wall_time_s"]
   batches = data.train_batches(run.train_split, global_batch=config.train.batch_size,
                                seed=config.seed, start_step=start_step,
                                process_index=jax.process_index(),
@@ -190,36 +229,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for epoch in range(start_step // run.steps_per_epoch, config.train.epochs):
     first = max(start_step, epoch * run.steps_per_epoch)
     last = (epoch + 1) * run.steps_per_epoch
-    epoch_start, sums, pending = time.time(), {}, None
-    bar = tqdm(total=(last - first) * config.train.batch_size, unit="img", unit_scale=True,
-               desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False,
-               disable=_quiet(), mininterval=1.0)
-    for step in range(first, last):
-      state, step_metrics = run.train_step(state, parallel.put_batch(next(batches), run.mesh))
-      if pending is not None:  # Fetch one step behind, so dispatch runs ahead by one.
-        sums = _log_step(writer, step, jax.device_get(pending), sums)
-      pending = step_metrics
-      bar.update(config.train.batch_size)
-      every = config.train.checkpoint_every_steps
-      if every and (step + 1) % every == 0 and step + 1 != last:
-        jax.block_until_ready(state)
-        train_time += time.time() - epoch_start
-        epoch_start = time.time()
-        _save(run, checkpoints, state, {**meta, "train_time_s": train_time,
-                                        "wall_time_s": wall_before + time.time() - wall_start})
-    sums = _log_step(writer, last, jax.device_get(pending), sums)
-    bar.close()
-    train_time += time.time() - epoch_start
-    train_means = {k: float(v) / (last - first) for k, v in sums.items()}
+    state, train_means = _train_epoch(run, state, batches, writer, checkpoints, meta, clock,
+                                      first, last)
     writer.write(last, "train", {**train_means, "epoch": epoch + 1,
                                  "learning_rate": float(run.schedule(last - 1))})
     eval_metrics = None
     if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.train.epochs:
       eval_metrics = run.evaluate(state)
       writer.write(last, "eval", {**eval_metrics, "epoch": epoch + 1})
-    meta = {**meta, "train_time_s": train_time,
-            "wall_time_s": wall_before + time.time() - wall_start,
-            "epoch_train": train_means, "epoch": epoch + 1}
+    meta = {**meta, **clock.times(), "epoch_train": train_means, "epoch": epoch + 1}
     _save(run, checkpoints, state, meta, eval_metrics)
     _print_epoch(epoch + 1, config.train.epochs, train_means, eval_metrics)
   writer.close()
