@@ -189,7 +189,8 @@ def _per_example_loss(loss, logits, label, logits_nat):
   if loss == "ce":
     return -jax.nn.log_softmax(logits)[label]
   if loss == "margin":
-    return jnp.max(jnp.where(jnp.arange(logits.shape[0]) == label, -jnp.inf, logits)) - logits[label]
+    others = jnp.where(jnp.arange(logits.shape[0]) == label, -jnp.inf, logits)
+    return jnp.max(others) - logits[label]
   p = jax.nn.softmax(logits_nat)
   return jnp.sum(p * (jnp.log(p) - jax.nn.log_softmax(logits)))
 

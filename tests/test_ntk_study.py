@@ -1,0 +1,73 @@
+"""The NTK width study end to end on a tiny configuration, and the premise it relies on."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ntk_width as ntk_width_config
+from robustwidth import data, ntk
+from robustwidth.models import create_model, model_logits_fn
+from robustwidth.studies import ntk_width
+
+
+def _tiny_config():
+  c = ntk_width_config.get_config("quick=True")
+  study = c.ntk_width
+  study.mlp.widths = (1, 2)
+  study.mlp.base_channels = 4
+  study.num_examples = 4
+  study.kernel_examples = 2
+  study.trained_parameterizations = ("standard",)
+  c.train.attack_steps = 1
+  c.train.batch_size = 256
+  c.eval.batch_size = 360
+  return c
+
+
+def test_config_names_the_job():
+  config = ntk_width_config.get_config()
+  assert config.job == "ntk_width"
+  assert set(config.ntk_width.families) == {"mlp", "cnn", "wide_resnet"}
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn"])
+def test_parameterizations_compute_the_same_function_at_initialization(family):
+  """Why the study measures gradient norms at initialization under one parameterization."""
+  x = data.to_float(data.load("digits", "test").images[:3])
+  y = np.array([0, 1, 2], np.int32)
+  norms = [ntk.input_gradient_norm(model_logits_fn(create_model(
+      family, width=1, num_classes=10, input_shape=(8, 8, 1), seed=3, depth=1,
+      base_channels=2, parameterization=p)), x, y) for p in ("standard", "ntk")]
+  np.testing.assert_allclose(norms[0], norms[1], rtol=1e-5)
+
+
+def test_tiny_study_writes_report_fits_and_plots(tmp_path):
+  workdir = str(tmp_path)
+  ntk_width.run(_tiny_config(), workdir)
+  with open(os.path.join(workdir, "measurements.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  # init: 2 widths × 2 parameterizations × 2 seeds; trained: 2 widths × 1.
+  assert sum(r["phase"] == "init" for r in records) == 8
+  assert sum(r["phase"] == "trained" for r in records) == 2
+  with open(os.path.join(workdir, "fits.jsonl")) as f:
+    fits = [json.loads(line) for line in f]
+  trace_fits = [f for f in fits if f["quantity"] == "ntk_trace" and f["phase"] == "init"]
+  assert len(trace_fits) == 2
+  for fit in trace_fits:
+    assert fit["slope_low"] <= fit["slope"] <= fit["slope_high"] and fit["num_points"] == 4
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "| ntk_trace |" in report and "## NTK implementations" in report
+  for phase in ("init", "trained"):
+    assert os.path.getsize(os.path.join(workdir, "plots", f"mlp_{phase}.png")) > 0
+  with open(os.path.join(workdir, "implementations.jsonl")) as f:
+    assert len(f.readlines()) == 2 * len(ntk.IMPLEMENTATIONS)
+  assert jax.device_count() == 8  # the study ran on the test set-up's 8 fake devices
+
+
+def test_bad_study_config_is_refused(tmp_path):
+  config = _tiny_config()
+  config.ntk_width.mlp.widths = (4, 4)
+  with pytest.raises(ValueError, match="two or more distinct widths"):
+    ntk_width.run(config, str(tmp_path))
