@@ -126,39 +126,48 @@ def _per_example_jacobians(f, params, x, out):
   return jax.vmap(lambda xi: _example_jacobian(f, params, xi, out))(x)
 
 
-def _jacobian_contraction(f, params, x1, x2, out, trace, diagonal):
-  """Forms J(x1) and J(x2) (per example, by reverse mode) and contracts them over the
-  parameters leaf by leaf: memory ~ (N1 + N2)·K·P, the contraction N1·N2·K²·P flops."""
+def _jacobian_contraction(f, params, out, trace, diagonal):
+  """(prepare, block): `prepare(x1)` forms J(x1) per example by reverse mode; `block` forms
+  J(x2) and contracts the two over the parameters leaf by leaf. Memory ~ (N1 + N2)·K·P, the
+  contraction N1·N2·K²·P flops."""
   first, second, kernel = _subscripts(out.ndim, trace, diagonal)
-  j1 = _per_example_jacobians(f, params, x1, out)
-  j2 = j1 if x2 is x1 else _per_example_jacobians(f, params, x2, out)
-  total = 0
-  for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)):
-    param = string.ascii_letters[2 * out.ndim:a.ndim + out.ndim]
-    total = total + jnp.einsum(f"{first}{param},{second}{param}->{kernel}", a, b,
-                               precision=jax.lax.Precision.HIGHEST)
-  return total
+
+  def prepare(x1):
+    return _per_example_jacobians(f, params, x1, out)
+
+  def block(j1, x1, x2):
+    j2 = j1 if x2 is x1 else _per_example_jacobians(f, params, x2, out)
+    total = 0
+    for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)):
+      param = string.ascii_letters[2 * out.ndim:a.ndim + out.ndim]
+      total = total + jnp.einsum(f"{first}{param},{second}{param}->{kernel}", a, b,
+                                 precision=jax.lax.Precision.HIGHEST)
+    return total
+
+  return prepare, block
 
 
-def _ntk_vector_products(f, params, x1, x2, out, trace, diagonal):
-  """Θ column by column: for each output e of f at x2_j, a vjp gives J(x2_j)ᵀ e and a jvp of
-  f at x1 along it gives the column J(x1) J(x2_j)ᵀ e. J(x1) is never formed and there is no
-  contraction over the parameters: N1·N2·K forward-mode passes instead."""
-  _, jvp1 = jax.linearize(lambda p: f(p, x1), params)
-  jvp_rows = jvp1
-  for _ in out.shape[1:]:
-    jvp_rows = jax.vmap(jvp_rows)
-
-  def columns(xj):                                                 # [*rest, N1, *rest]
-    return jvp_rows(_example_jacobian(f, params, xj, out))
-
+def _ntk_vector_products(f, params, out, trace, diagonal):
+  """(prepare, block): Θ column by column. `prepare(x1)` linearizes f at x1; `block`, for
+  each output e of f at x2_j, takes a vjp for J(x2_j)ᵀ e and a jvp of f at x1 along it for
+  the column J(x1) J(x2_j)ᵀ e. J(x1) is never formed and nothing is contracted over the
+  parameters: N1·N2·K forward-mode example passes instead."""
+  first, second, kernel = _subscripts(out.ndim, trace, diagonal)
   m = out.ndim - 1
-  full = jax.vmap(columns)(x2)
-  # Axes now: N2, rest(x2), N1, rest(x1); zip them to N1, N2, then (x1, x2) per output axis.
-  zipped = [m + 1, 0] + [i for d in range(m) for i in (m + 2 + d, 1 + d)]
-  full = jnp.transpose(full, zipped)
-  first, second, kernel = _subscripts(out.ndim, trace, diagonal)
-  return jnp.einsum("".join(a + b for a, b in zip(first, second)) + "->" + kernel, full)
+
+  def prepare(x1):
+    jvp_rows = jax.linearize(lambda p: f(p, x1), params)[1]
+    for _ in range(m):
+      jvp_rows = jax.vmap(jvp_rows)
+    return jvp_rows
+
+  def block(jvp_rows, x1, x2):
+    # Axes: N2, rest(x2), N1, rest(x1); zip them to N1, N2, then (x1, x2) per output axis.
+    full = jax.vmap(lambda xj: jvp_rows(_example_jacobian(f, params, xj, out)))(x2)
+    full = jnp.transpose(full, [m + 1, 0] + [i for d in range(m) for i in (m + 2 + d, 1 + d)])
+    return jnp.einsum("".join(a + b for a, b in zip(first, second)) + "->" + kernel, full)
+
+  return prepare, block
 
 
 def _chunks(x, batch_size):
@@ -172,19 +181,19 @@ def _chunks(x, batch_size):
 def _kernel(f, method, out, trace, diagonal, batch_size, params, x1, x2):
   """empirical_ntk on arrays one device holds; x2=None means x2 = x1."""
   inner_diagonal = tuple(axis for axis in diagonal if axis != 0)
+  prepare, block = method(f, params, out, trace, inner_diagonal)
   symmetric = x2 is None
   x2 = x1 if symmetric else x2
 
-  def block(a, b):
-    single = jax.ShapeDtypeStruct((a.shape[0],) + out.shape[1:], out.dtype)
-    return method(f, params, a, b, single, trace, inner_diagonal)
+  def pair(a, b):
+    return block(prepare(a), a, b)
 
   if 0 in diagonal:
     # Θ(x1_i, x2_i) one example at a time: a 1 × 1 block per pair.
     def paired(a, b):
       def one(ai, bi):
         ai = ai[None]
-        return block(ai, ai if symmetric else bi[None])[0, 0]
+        return pair(ai, ai if symmetric else bi[None])[0, 0]
       return jax.vmap(one)(a, b)
 
     if batch_size is None:
@@ -194,10 +203,14 @@ def _kernel(f, method, out, trace, diagonal, batch_size, params, x1, x2):
     return result.reshape((-1,) + result.shape[2:])[:x1.shape[0]]
 
   if batch_size is None:
-    return block(x1, x1 if symmetric else x2)
+    return pair(x1, x1 if symmetric else x2)
   chunks2 = _chunks(x2, batch_size)
-  result = jax.lax.map(lambda a: jax.lax.map(lambda b: block(a, b), chunks2),
-                       _chunks(x1, batch_size))      # [C1, C2, b, b, ...]
+
+  def row(a):  # One chunk of x1 against every chunk of x2, x1's side prepared once.
+    prepared = prepare(a)
+    return jax.lax.map(lambda b: block(prepared, a, b), chunks2)
+
+  result = jax.lax.map(row, _chunks(x1, batch_size))      # [C1, C2, b, b, ...]
   result = jnp.moveaxis(result, 2, 1)
   result = result.reshape((result.shape[0] * batch_size, result.shape[2] * batch_size)
                           + result.shape[4:])
