@@ -38,6 +38,18 @@ def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def targeted_dlr(logits: jax.Array, labels: jax.Array, targets: jax.Array) -> jax.Array:
+  """Targeted difference-of-logits ratio (Croce & Hein 2020), the APGD-T objective:
+  −(z_y − z_t) / (z_π1 − (z_π3 + z_π4) / 2 + 1e-12), z_π sorted in decreasing order.
+
+  Positive exactly when the target logit beats the true one; the denominator makes it
+  invariant to shifting and rescaling the logits. Needs at least four classes.
+  """
+  top = jax.lax.top_k(logits, 4)[0]
+  gap = _true_logit(logits, targets) - _true_logit(logits, labels)
+  return gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 def objective(name: str, logits: jax.Array, labels: jax.Array,
               logits_nat: jax.Array | None) -> jax.Array:
   """The named objective; `kl` is label-free and compares against `logits_nat`."""
