@@ -1,0 +1,85 @@
+"""PyTorch WideResNet weights in the TRADES / RobustBench layout, into our model and back."""
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import jax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from robustwidth import interop, models  # noqa: E402
+
+
+def _torch_model(depth=10, width=2, base=3, in_channels=1, seed=0):
+  """The TRADES-layout PyTorch WRN with random weights and non-trivial BatchNorm statistics,
+  in evaluation mode."""
+  torch.manual_seed(seed)
+  net = interop.torch_wide_resnet(depth, width, 10, in_channels=in_channels,
+                                  base_channels=base)
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
+      elif isinstance(module, torch.nn.Linear):
+        module.bias.uniform_(-0.5, 0.5)
+  return net.eval()
+
+
+def _jax_logits(model, x):
+  return np.asarray(jax.jit(models.model_logits_fn(model))(x))
+
+
+def _torch_logits(net, x):
+  with torch.no_grad():
+    return net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+@pytest.mark.parametrize("depth,width,base,in_channels", [(10, 2, 3, 1), (16, 1, 4, 3)])
+def test_torch_weights_give_the_same_logits(depth, width, base, in_channels):
+  net = _torch_model(depth, width, base, in_channels)
+  model = interop.from_torch_state_dict(net.state_dict())
+  assert (model.depth, model.width) == (depth, width)
+  x = np.random.default_rng(0).uniform(0, 1, (6, 8, 8, in_channels)).astype(np.float32)
+  np.testing.assert_allclose(_jax_logits(model, x), _torch_logits(net, x), atol=1e-4)
+
+
+def test_trades_extras_are_ignored_and_mismatches_named():
+  net = _torch_model()
+  state = {"module." + k: v for k, v in net.state_dict().items()}        # DataParallel prefix
+  state.update({"module.sub_block1.layer.0.conv1.weight": torch.zeros(6, 3, 3, 3)})  # TRADES
+  model = interop.from_torch_state_dict(state)
+  x = np.random.default_rng(1).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
+  np.testing.assert_allclose(_jax_logits(model, x), _torch_logits(net, x), atol=1e-4)
+  del state["module.fc.bias"]
+  with pytest.raises(ValueError, match="fc.bias"):
+    interop.from_torch_state_dict(state)
+  wrong = models.WideResNet(16, 2, 10, in_channels=1, base_channels=3, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="does not match"):
+    interop.load_torch_state_dict(wrong, net.state_dict())
+
+
+@pytest.mark.parametrize("parameterization", ["standard", "ntk"])
+def test_export_round_trip(parameterization):
+  ours = models.WideResNet(10, 2, 10, in_channels=1, base_channels=3,
+                           parameterization=parameterization, rngs=nnx.Rngs(3))
+  exported = interop.to_torch_state_dict(ours)
+  net = interop.torch_wide_resnet(10, 2, 10, in_channels=1, base_channels=3)
+  net.load_state_dict(exported)   # strict: every key of the PyTorch layout, nothing else
+  net.eval()
+  x = np.random.default_rng(2).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
+  np.testing.assert_allclose(_torch_logits(net, x), _jax_logits(ours, x), atol=1e-4)
+  back = interop.from_torch_state_dict(exported, parameterization=parameterization)
+  for a, b in zip(*(nnx.to_flat_state(nnx.state(m)) for m in (ours, back))):
+    assert a[0] == b[0]
+    np.testing.assert_allclose(np.asarray(a[1][...]), np.asarray(b[1][...]), rtol=1e-6)
+
+
+def test_missing_torch_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  with pytest.raises(ImportError, match=r"pip install -e \.\[torch\]"):
+    interop.to_torch_state_dict(models.WideResNet(10, 1, base_channels=1, rngs=nnx.Rngs(0)))
