@@ -7,12 +7,23 @@ configuration, and turns any restore failure into a CheckpointError that says wh
 rather than starting again from scratch.
 """
 import json
+import logging
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
 _policy = ocp.checkpoint_managers.preservation_policy
+
+
+class _NoMetricsNotice(logging.Filter):
+  """Orbax warns on every save without metrics; epochs without an evaluation are expected."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsNotice())
 
 
 class CheckpointError(RuntimeError):

@@ -19,7 +19,9 @@ def check_images(x, name: str = "x") -> None:
     raise ValueError(f"{name} must be floating point in [0, 1], got dtype {x.dtype}; "
                      "divide uint8 images by 255.")
   if is_concrete(x):
-    lo, hi = float(np.min(x)), float(np.max(x))
+    # np.asarray first: a jax array's own min() would be staged when called under jit.
+    values = np.asarray(x)
+    lo, hi = float(values.min()), float(values.max())
     if lo < 0.0 or hi > 1.0:
       raise ValueError(f"{name} must lie in [0, 1] (got values in [{lo:.4g}, {hi:.4g}]); "
                        "scale images to [0, 1] and put any mean/std normalization inside "
@@ -33,7 +35,8 @@ def check_labels(y, batch_size: int, num_classes: int, name: str = "y") -> None:
   if not np.issubdtype(y.dtype, np.integer):
     raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}.")
   if is_concrete(y) and y.size:
-    lo, hi = int(np.min(y)), int(np.max(y))
+    values = np.asarray(y)
+    lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= num_classes:
       raise ValueError(f"{name} must lie in [0, {num_classes - 1}] for a model with "
                        f"{num_classes} classes, got labels in [{lo}, {hi}].")
@@ -51,7 +54,7 @@ def check_choice(name: str, value, allowed) -> None:
 
 
 def check_nonnegative(name: str, value) -> None:
-  if is_concrete(value) and not float(value) >= 0:
+  if is_concrete(value) and not float(np.asarray(value)) >= 0:
     raise ValueError(f"{name} must be >= 0, got {value}.")
 
 

@@ -179,3 +179,15 @@ def test_bad_input_gets_a_clear_error(change, message):
   x, y = args.pop("x"), args.pop("y")
   with pytest.raises(ValueError, match=message):
     attacks.pgd(logits_fn, x, y, **args)
+
+
+def test_value_checks_run_on_arrays_closed_over_under_jit():
+  # A concrete array captured by a jitted closure is checked at trace time, not mistaken for
+  # a tracer (nor crashing on one).
+  logits_fn = models.model_logits_fn(helpers.tiny_mlp())
+  x, y = helpers.images(8, 4), helpers.labels(8, 4)
+  settings = dict(key=KEY, eps=0.1, step_size=0.05, num_steps=1)
+  assert jax.jit(lambda: attacks.pgd(logits_fn, x, y, **settings))().shape == x.shape
+  outside = 2.0 * x
+  with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
+    jax.jit(lambda: attacks.pgd(logits_fn, outside, y, **settings))()
