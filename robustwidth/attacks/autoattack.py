@@ -114,11 +114,17 @@ def _attack_names(version: str, attacks) -> list[str]:
     return list(STANDARD)
   if not attacks:
     raise ValueError(f"version='custom' needs a list of attacks, e.g. {list(STANDARD)}.")
-  names = list(attacks)
+  return check_attack_names(attacks)
+
+
+def check_attack_names(names) -> list[str]:
+  """The names as a list; a ValueError names an unknown or repeated one."""
+  names = list(names)
   if len(set(names)) != len(names):
     raise ValueError(f"Each attack may run once; got {names}.")
   for name in names:
-    attack_settings(name, 10)
+    if name not in NAMED[:5] and not _PGD.match(name):
+      raise ValueError(f"Unknown attack {name!r}; use one of {NAMED}.")
   return names
 
 
@@ -143,8 +149,8 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
   """
   names = _attack_names(version, attacks)
   validation.check_positive_int("batch_size", batch_size)
-  num_classes = components.check_args(logits_fn, x, y, eps, norm,
-                                      min_classes=4 if "apgd-t" in names else 2)
+  min_classes = 4 if "apgd-t" in names else 3 if "apgd-dlr" in names else 2
+  num_classes = components.check_args(logits_fn, x, y, eps, norm, min_classes=min_classes)
   if "square" in names:
     check_image_shape(x, norm)
   fn = components.as_partial(logits_fn)
