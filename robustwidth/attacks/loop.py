@@ -5,13 +5,30 @@ faster than a rolled loop (see `bench/trades_step.py` and docs/benchmarks.md) at
 compile time that grows with the step count. Accelerators keep the rolled loop until measured
 otherwise.
 """
+import contextlib
+
 import jax
 
 _UNROLL_BY_BACKEND = {"cpu": True}
+_forced: list[bool | int] = []
 
 
-def unroll_attack_loops() -> bool:
+def unroll_attack_loops() -> bool | int:
+  if _forced:
+    return _forced[-1]
   return _UNROLL_BY_BACKEND.get(jax.default_backend(), False)
+
+
+@contextlib.contextmanager
+def forced_unroll(unroll: bool | int):
+  """Attack loops traced inside the block use `unroll` (False: rolled, True: fully unrolled,
+  n: n iterations per trip); for benchmarks and for counting FLOPs, since XLA's cost
+  analysis counts a loop body once."""
+  _forced.append(unroll)
+  try:
+    yield
+  finally:
+    _forced.pop()
 
 
 def attack_loop(num_steps: int, body, init):

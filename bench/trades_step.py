@@ -1,0 +1,102 @@
+"""Images per second of one TRADES train step, robustwidth against PyTorch.
+
+    python -m bench.trades_step --depth 16 --width 4 --batch 128 [--dtype bfloat16]
+
+One step: 10 inner PGD steps on the KL objective in evaluation mode (ε 0.031, step 0.007),
+then CE + β·KL with BatchNorm in training mode and an SGD update. robustwidth's step is built
+and jitted exactly as `robustwidth.train` does it (state replicated and donated, batch sharded
+on the 'data' mesh, compiled ahead of time); the baseline is `bench.torch_reference` with the
+same weights. Prints JSON lines: one per implementation and one comparing them.
+"""
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import torch
+
+from bench import harness, torch_reference
+from robustwidth import optim, parallel, steps, train
+
+BENCH = "trades_step"
+
+
+def compile_step(args, config, graphdef, params, model_state):
+  """(compiled step, its initial state, compile seconds, FLOPs per step)."""
+  optimizer = optim.sgd(optim.learning_rate_schedule(
+      config.train.schedule, base_lr=config.train.lr, steps_per_epoch=50_000 // args.batch,
+      epochs=config.train.epochs, decay_epochs=config.train.decay_epochs),
+      momentum=config.train.momentum, weight_decay=config.train.weight_decay)
+  settings = train.train_settings(config)
+  mesh = parallel.data_mesh()
+  state = parallel.replicate(steps.init_train_state(
+      params, model_state, optimizer, config.seed, settings.rule), mesh)
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  batch_spec = {
+      "image": jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size,
+                                     args.channels), jnp.float32, sharding=sharded),
+      "label": jax.ShapeDtypeStruct((args.batch,), jnp.int32, sharding=sharded)}
+
+  def lower(unroll):
+    # A fresh step function per loop form: JAX caches traces per function, and the loop form
+    # is read at trace time.
+    jitted = jax.jit(steps.make_train_step(graphdef, optimizer, settings),
+                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                     donate_argnums=0)
+    with harness.loop_context(unroll):
+      return jitted.lower(state, batch_spec)
+
+  start = time.perf_counter()
+  compiled = lower(args.loop).compile()
+  compile_s = time.perf_counter() - start
+  return compiled, state, mesh, compile_s, harness.jax_flops(lower(True))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  harness.model_arguments(parser)
+  args = parser.parse_args(argv)
+  harness.configure_threads(args)
+  config = harness.config_for(args)
+  device = harness.torch_device()
+  graphdef, params, model_state, torch_model = harness.models(args, config, device)
+  machine = harness.machine(args.dtype)
+  batch, x, y = harness.data(args, device)
+  gap = harness.logits_gap(graphdef, params, model_state, torch_model, batch["image"], x)
+  compiled, state, mesh, compile_s, flops = compile_step(args, config, graphdef, params,
+                                                         model_state)
+  jax_batch = parallel.put_batch(batch, mesh)
+
+  def robustwidth_step():
+    nonlocal state
+    state, metrics = compiled(state, jax_batch)
+    jax.block_until_ready((state, metrics))
+
+  runners = {"robustwidth": robustwidth_step}
+  if not args.skip_torch:
+    optimizer = torch_reference.sgd(torch_model, lr=config.train.lr,
+                                    momentum=config.train.momentum,
+                                    weight_decay=config.train.weight_decay)
+    settings = dict(beta=config.train.beta, eps=config.attack.eps,
+                    step_size=config.train.attack_step_size,
+                    num_steps=config.train.attack_steps, dtype=getattr(torch, args.dtype))
+
+    def torch_step():
+      torch_reference.trades_step(torch_model, optimizer, x, y, **settings)
+      harness.torch_sync(device)
+
+    runners["pytorch"] = torch_step
+  times = harness.alternate(runners, args.repeats)
+  common = {"bench": BENCH, "depth": args.depth, "width": args.width, "batch": args.batch,
+            "base_channels": args.base_channels, "image_size": args.image_size,
+            "dtype": args.dtype, "logits_gap": gap, **machine}
+  harness.report(common, times, args.batch, flops, machine["peak_gflops"], {
+      "robustwidth": {"loop": harness.describe_loop(args.loop), "compile_s": round(compile_s, 2),
+                      "gflop_per_step": flops and round(flops / 1e9, 2),
+                      **harness.jax_memory(compiled)},
+      "pytorch": harness.torch_memory(device)})
+
+
+if __name__ == "__main__":
+  main()
