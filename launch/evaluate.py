@@ -53,6 +53,9 @@ def evaluate(workdir: str, *, evaluations, n_examples=None, which="best", eps=No
              batch_size=256, seed=None) -> dict:
   """Runs the evaluations on the run's checkpoint; returns the record (see the module doc)."""
   graphdef, params, model_state, config = train.restore_model(workdir, which)
+  # The checkpoint comes back replicated over the trainer's mesh; the attacks run on the
+  # default device.
+  params, model_state = jax.device_get((params, model_state))
   eps = config.attack.eps if eps is None else eps
   norm = config.attack.norm if norm is None else norm
   seed = config.seed if seed is None else seed
