@@ -128,11 +128,11 @@ def jax_flops(compiled) -> float | None:
   return None if not cost or "flops" not in cost else float(cost["flops"])
 
 
-def jax_memory(compiled) -> dict:
-  """Peak device memory of an executable: XLA's static buffer assignment and, on devices
-  that report it, the allocator's measured peak."""
+def jax_memory(compiled=None) -> dict:
+  """Peak device memory of an executable: XLA's static buffer assignment (when `compiled` is
+  given) and, on devices that report it, the allocator's measured peak over the process."""
   result = {}
-  analysis = compiled.memory_analysis()
+  analysis = compiled and compiled.memory_analysis()
   if analysis is not None:
     result["xla_buffers_mib"] = round((analysis.argument_size_in_bytes
                                        + analysis.output_size_in_bytes
@@ -170,6 +170,11 @@ def model_arguments(parser, batch: int = 128) -> None:
   parser.add_argument("--loop", type=loop_form, default="auto",
                       help="attack loop form: auto (the library's choice for this backend), "
                            "rolled, unrolled, or an int n (n iterations per loop trip)")
+  run_arguments(parser)
+
+
+def run_arguments(parser) -> None:
+  """The flags every benchmark takes: timed rounds, threads, and whether PyTorch runs."""
   parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up")
   parser.add_argument("--single-thread", action="store_true",
                       help="one CPU thread for both frameworks: a fair comparison on a CPU "
@@ -248,18 +253,30 @@ def report(common: dict, times: dict, items: int, flops: float | None, peak_gflo
   """Emits one line per implementation (timings, GFLOP/s, fraction of peak, `extra[name]`)
   and, when both ran, one line with PyTorch's time over robustwidth's."""
   for name, seconds in times.items():
-    summary = summarize(seconds, items)
-    record = {**common, "impl": name, **summary}
-    if flops:
-      record["gflops"] = round(flops / summary["median_s"] / 1e9, 1)
-      if peak_gflops:
-        record["peak_fraction"] = round(record["gflops"] / peak_gflops, 3)
-    emit({**record, **extra.get(name, {})})
+    emit_timing(common, name, seconds, items, flops, peak_gflops, extra.get(name, {}))
   if len(times) == 2:
-    ours, theirs = times["robustwidth"]["wall"], times["pytorch"]["wall"]
-    emit({**common, "impl": "ratio",
-          "speedup": round(statistics.median(theirs) / statistics.median(ours), 3),
-          "round_speedups": [round(t / r, 3) for t, r in zip(theirs, ours)]})
+    emit_ratio(common, times, "robustwidth", "pytorch")
+
+
+def emit_timing(common: dict, name: str, seconds: dict, items: int, flops: float | None,
+                peak_gflops, extra: dict) -> None:
+  """One implementation's line: `summarize`, GFLOP/s and fraction of peak, then `extra`."""
+  summary = summarize(seconds, items)
+  record = {**common, "impl": name, **summary}
+  if flops:
+    record["gflops"] = round(flops / summary["median_s"] / 1e9, 1)
+    if peak_gflops:
+      record["peak_fraction"] = round(record["gflops"] / peak_gflops, 3)
+  emit({**record, **extra})
+
+
+def emit_ratio(common: dict, times: dict, ours: str, theirs: str) -> None:
+  """The line comparing two implementations: `theirs`'s median time over `ours`'s, overall and
+  round by round."""
+  mine, other = times[ours]["wall"], times[theirs]["wall"]
+  emit({**common, "impl": "ratio", "ours": ours, "theirs": theirs,
+        "speedup": round(statistics.median(other) / statistics.median(mine), 3),
+        "round_speedups": [round(t / r, 3) for t, r in zip(other, mine)]})
 
 
 def describe_loop(unroll) -> str:
