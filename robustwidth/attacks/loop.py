@@ -1,22 +1,22 @@
-"""The attack loop form, chosen per backend from measurements.
+"""The attack loop form: a rolled `lax.fori_loop`, measured against the unrolled one.
 
-`lax.fori_loop(..., unroll=True)` emits the iterations inline, which on XLA:CPU ran several times
-faster than a rolled loop (see `bench/trades_step.py` and docs/benchmarks.md) at the price of a
-compile time that grows with the step count. Accelerators keep the rolled loop until measured
-otherwise.
+Unrolling once ran several times faster on XLA:CPU, until the convolution's derivative got its
+CPU-friendly form (models/layers.py); since then the rolled loop is faster and compiles faster
+(WRN-16-1 TRADES step, batch 128, 2 cores: 3.54 s rolled vs 4.30 s unrolled, compile 7.0 s vs
+9.7 s; `python -m bench.trades_step --width 1 --loop rolled|unrolled`, docs/benchmarks.md), and
+its compile time does not grow with the step count. `forced_unroll` remains for benchmarks and
+for counting FLOPs.
 """
 import contextlib
 
 import jax
 
-_UNROLL_BY_BACKEND = {"cpu": True}
 _forced: list[bool | int] = []
 
 
 def unroll_attack_loops() -> bool | int:
-  if _forced:
-    return _forced[-1]
-  return _UNROLL_BY_BACKEND.get(jax.default_backend(), False)
+  """The `unroll` argument attack loops are traced with: rolled unless forced."""
+  return _forced[-1] if _forced else False
 
 
 @contextlib.contextmanager
