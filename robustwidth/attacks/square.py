@@ -8,10 +8,13 @@ stops when every example has. ℓ∞: vertical-stripe start of ±ε, then window
 ℓ2: a start of ε-norm tiles, then each query moves the perturbation's mass from a second window
 into the first, as the reference does.
 
-Differences from the reference: each example draws its own windows and signs (the reference
-shares them across its batch), so results do not depend on how examples are batched; and a
-window's corner ranges over every valid position (the reference never picks the last row or
-column).
+One difference from the reference: each example draws its own windows and signs (the reference
+shares them across its batch), so results do not depend on how examples are batched. Like the
+reference, a window's corner is drawn from [0, H − side) (never the last valid position, so a
+1-pixel window never lands on the last row or column): on 8×8 digits, drawing from every valid
+position made Square 3 points stronger than the reference (30.6% against 33.2% robust accuracy
+after the full cascade), and standard AutoAttack numbers must stay comparable with published
+ones.
 """
 import jax
 import jax.numpy as jnp
@@ -168,7 +171,7 @@ def square_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf",
     # Per example: two window corners, a transposition and a sign per channel.
     u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i + 1), (5 + channels,)))(
         keys)
-    positions = jnp.array([height, width]) - side + 1
+    positions = jnp.maximum(jnp.array([height, width]) - side, 1)   # the reference's range
     corner = jnp.floor(u[:, 0:2] * positions).astype(jnp.int32)
     sign = _signs(u[:, 5:])[:, None, None, :]
     mask = _window_mask(corner, side, height, width)
