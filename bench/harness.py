@@ -222,17 +222,16 @@ def config_for(args):
 
 
 def models(args, config, device):
-  """(graphdef, params, model_state) and the PyTorch WideResNet holding the same weights, on
-  `device` in channels-last layout (faster than NCHW for oneDNN on CPU)."""
+  """(graphdef, params, model_state) and `robustwidth.interop`'s PyTorch WideResNet holding
+  the same weights, on `device` in channels-last layout (faster than NCHW for oneDNN on CPU)."""
   import torch
-  from bench import torch_reference
-  from robustwidth import models as rw_models, train
-  graphdef, params, model_state = rw_models.split(train.build_model(
-      config, (args.image_size, args.image_size, args.channels), 10))
-  model = torch_reference.WideResNet(args.depth, args.width, 10, args.channels,
-                                     args.base_channels)
-  torch_reference.load_robustwidth(model, params, model_state)
-  return graphdef, params, model_state, model.to(device, memory_format=torch.channels_last)
+  from robustwidth import interop, models as rw_models, train
+  model = train.build_model(config, (args.image_size, args.image_size, args.channels), 10)
+  torch_model = interop.torch_wide_resnet(args.depth, args.width, 10, in_channels=args.channels,
+                                          base_channels=args.base_channels)
+  torch_model.load_state_dict(interop.to_torch_state_dict(model))
+  graphdef, params, model_state = rw_models.split(model)
+  return graphdef, params, model_state, torch_model.to(device, memory_format=torch.channels_last)
 
 
 def logits_gap(graphdef, params, model_state, torch_model, images, x) -> float:

@@ -1,86 +1,17 @@
-"""The PyTorch baseline the benchmarks compare against: the TRADES WideResNet and the TRADES
-train step and PGD evaluation, written as efficiently as eager PyTorch allows.
+"""The PyTorch baseline the benchmarks compare against: the TRADES train step and PGD
+evaluation, written as efficiently as eager PyTorch allows, run on `robustwidth.interop`'s
+PyTorch WideResNet holding the same weights.
 
-Same architecture and init as `robustwidth.models.WideResNet` (PAPER.md §5), and the same
-algorithm as `robustwidth.steps`: the inner KL attack in evaluation mode against the clean
-logits computed once (the reference code recomputes them at every inner step and runs the clean
-training-mode pass twice; this baseline does neither, so it is the stronger one), then
+The same algorithm as `robustwidth.steps`: the inner KL attack in evaluation mode against the
+clean logits computed once (the reference code recomputes them at every inner step and runs the
+clean training-mode pass twice; this baseline does neither, so it is the stronger one), then
 CE(f(x), y) + β·KL in training mode, each pass updating the BatchNorm statistics once, and SGD
 with momentum and coupled weight decay. Used only by bench/.
 """
 import contextlib
-import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-
-class BasicBlock(nn.Module):
-  """Pre-activation block; a projection shortcut reads the pre-activated input."""
-
-  def __init__(self, in_channels: int, out_channels: int, stride: int):
-    super().__init__()
-    self.bn1 = nn.BatchNorm2d(in_channels)
-    self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(out_channels)
-    self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-    self.shortcut = (nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False)
-                     if in_channels != out_channels else None)
-
-  def forward(self, x):
-    pre = F.relu(self.bn1(x))
-    out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
-    return (x if self.shortcut is None else self.shortcut(pre)) + out
-
-
-class WideResNet(nn.Module):
-  """WRN-`depth`-`width`, the TRADES variant, on NCHW inputs in [0, 1]."""
-
-  def __init__(self, depth: int, width: int, num_classes: int = 10, in_channels: int = 3,
-               base_channels: int = 16):
-    super().__init__()
-    c = [base_channels, base_channels * width, 2 * base_channels * width,
-         4 * base_channels * width]
-    n = (depth - 4) // 6
-    self.stem = nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False)
-    self.blocks = nn.Sequential(*[
-        BasicBlock(c[stage] if i == 0 else c[stage + 1], c[stage + 1],
-                   stride if i == 0 else 1)
-        for stage, stride in enumerate((1, 2, 2)) for i in range(n)])
-    self.bn = nn.BatchNorm2d(c[3])
-    self.head = nn.Linear(c[3], num_classes)
-    for m in self.modules():
-      if isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-        m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-      elif isinstance(m, nn.Linear):
-        m.bias.data.zero_()
-
-  def forward(self, x):
-    out = F.relu(self.bn(self.blocks(self.stem(x))))
-    return self.head(out.mean((2, 3)))
-
-
-def load_robustwidth(model: WideResNet, params, model_state) -> WideResNet:
-  """Copies a robustwidth WideResNet's parameters and BatchNorm statistics into `model`."""
-  names = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-           "var": "running_var"}
-  with torch.no_grad():
-    for source in (params, model_state):
-      for path, variable in source.flat_state():
-        *module, leaf = (str(p) for p in path)
-        target = ".".join(module + [names[leaf]])
-        tensor = (model.get_parameter(target) if leaf in ("kernel", "scale", "bias")
-                  else model.get_buffer(target))
-        value = np.asarray(variable.get_value())
-        if value.ndim == 4:
-          value = value.transpose(3, 2, 0, 1)   # HWIO -> OIHW
-        elif value.ndim == 2:
-          value = value.T                      # [in, out] -> [out, in]
-        tensor.copy_(torch.from_numpy(np.array(value)))
-  return model
 
 
 def trades_kl_sum(logits_nat, logits_adv):
