@@ -20,11 +20,10 @@ from robustwidth import validation
 from robustwidth.attacks import components, geometry, objectives
 
 LOSSES = ("ce", "dlr")
-# Loop form (measured): AutoAttack's 100-step loops stay rolled on every backend, unlike
-# `loop.attack_loop`'s unrolled CPU form. On XLA:CPU (WRN-10-4, 8×8 inputs, batch 256) APGD's
-# rolled loop compiled in 5 s and ran 100 steps in 8.9 s, unroll=4 in 6 s and 8.9 s; fully
-# unrolled, 20 steps took 17.5 s to compile (5.7 s rolled) for the same 2.0 s run, and 100
-# steps of a small MLP about 2 minutes.
+# Loop form (measured): AutoAttack's 100-step loops are rolled on every backend. On XLA:CPU
+# (WRN-10-4, 8×8 inputs, batch 256) APGD's rolled loop compiled in 5 s and ran 100 steps in
+# 8.9 s, unroll=4 in 6 s and 8.9 s; fully unrolled, 20 steps took 17.5 s to compile (5.7 s
+# rolled) for the same 2.0 s run, and 100 steps of a small MLP about 2 minutes.
 MOMENTUM = 0.75
 RHO = 0.75
 
