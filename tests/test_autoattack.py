@@ -10,7 +10,7 @@ import pytest
 from robustwidth import attacks, data
 from robustwidth.attacks import fab, geometry, objectives
 from robustwidth.attacks.apgd import checkpoint_thresholds
-from robustwidth.attacks.square import l2_pattern, window_sizes
+from robustwidth.attacks.square import l2_pattern, window_corners, window_sizes
 
 KEY = jax.random.key(0)
 
@@ -100,6 +100,15 @@ def test_fab_projections_solve_the_box_constrained_problem(norm):
   assert np.all(t + d >= -1e-6) and np.all(t + d <= 1 + 1e-6)
   reachable = np.arange(12) > 0
   np.testing.assert_allclose(np.sum(w * (t + d), 1)[reachable], b[reachable], atol=2e-3)
+
+
+def test_square_window_corners_follow_the_reference():
+  """The reference draws a corner as ⌊u·(H − side)⌋ (torch.rand in [0, 1)): on 8×8, a 1-pixel
+  window lands on rows and columns 0-6, never 7; a full-size window sits at 0."""
+  u = jnp.array([[0.0, 0.0], [0.5, 0.99], [np.nextafter(np.float32(1), np.float32(0))] * 2])
+  np.testing.assert_array_equal(window_corners(u, 1, 8, 8), [[0, 0], [3, 6], [6, 6]])
+  np.testing.assert_array_equal(window_corners(u, 3, 8, 6), [[0, 0], [2, 2], [4, 2]])
+  np.testing.assert_array_equal(window_corners(u, 8, 8, 8), [[0, 0], [0, 0], [0, 0]])
 
 
 # ---------------------------------------------------------------- linear models, exactly

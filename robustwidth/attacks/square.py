@@ -79,6 +79,13 @@ def _pattern_table(sides) -> tuple[np.ndarray, np.ndarray]:
   return table, np.searchsorted(np.asarray(distinct), sides).astype(np.int32)
 
 
+def window_corners(u, side, height: int, width: int):
+  """[B, 2] (top, left) window corners from uniform draws u [B, 2], as the reference draws
+  them: ⌊u·(H − side)⌋, so never the last valid position (0 when side = H)."""
+  positions = jnp.maximum(jnp.array([height, width]) - side, 1)
+  return jnp.floor(u * positions).astype(jnp.int32)
+
+
 def _window_mask(corner, side, height, width):
   """[B, H, W, 1] mask of the side × side window at per-example corners [B, 2]."""
   r = jnp.arange(height)[None, :, None]
@@ -171,15 +178,13 @@ def square_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf",
     # Per example: two window corners, a transposition and a sign per channel.
     u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i + 1), (5 + channels,)))(
         keys)
-    positions = jnp.maximum(jnp.array([height, width]) - side, 1)   # the reference's range
-    corner = jnp.floor(u[:, 0:2] * positions).astype(jnp.int32)
+    corner = window_corners(u[:, 0:2], side, height, width)
     sign = _signs(u[:, 5:])[:, None, None, :]
     mask = _window_mask(corner, side, height, width)
     if norm == "linf":
       return geometry.project(x_best + 2.0 * eps * sign * mask, x, eps, "linf")
     delta = x_best - x
-    second = _window_mask(jnp.floor(u[:, 2:4] * positions).astype(jnp.int32), side, height,
-                          width)
+    second = _window_mask(window_corners(u[:, 2:4], side, height, width), side, height, width)
     flip = (u[:, 4] < 0.5).astype(jnp.int32)
     pattern = _place(table[table_row[i], flip], corner, height, width)
     channel_norm = lambda v: jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
