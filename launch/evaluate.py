@@ -20,9 +20,10 @@ import time
 import flax
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from jax.tree_util import Partial
 
+from launch import cli
 import robustwidth
 from robustwidth import attacks, data, models, train
 from robustwidth.attacks.autoattack import check_attack_names
@@ -115,10 +116,7 @@ def evaluate(workdir: str, *, evaluations, n_examples=None, which="best", eps=No
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   evaluations = [name.strip() for name in _ATTACKS.value if name.strip()]
   if not evaluations:
     raise app.UsageError("--attacks is empty; use e.g. --attacks autoattack,pgd-20,cw-20.")

@@ -11,8 +11,10 @@ on hosts where JAX cannot discover the cluster (not on Cloud TPU or SLURM) also
 import os
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Configuration file (configs/*.py).",
                                           lock_config=True)
@@ -43,10 +45,7 @@ def run_job(config, workdir: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  cli.start(argv)
   if not jax.config.jax_compilation_cache_dir:  # Reruns and resumed runs skip compilation.
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser("~/.cache/robustwidth/jax"))

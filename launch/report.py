@@ -4,13 +4,14 @@
 """
 from absl import app, flags
 
+from launch import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory holding <run>/record.json.")
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.start(argv)
   from robustwidth.studies import report
   print(f"Report: {report.write(_WORKDIR.value)}")
 

@@ -12,8 +12,10 @@ with `python -m launch.report --workdir runs/study`.
 """
 import shlex
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study configuration file.",
                                           lock_config=True)
@@ -40,10 +42,7 @@ def run_commands(config_argument: str, overrides: dict, runs) -> list[str]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   from robustwidth import config as config_lib
   from robustwidth.studies import sweep, width
   config = _CONFIG.value
