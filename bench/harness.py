@@ -15,6 +15,7 @@ import shlex
 import statistics
 import sys
 import time
+import typing
 from typing import Callable
 
 import jax
@@ -232,6 +233,34 @@ def models(args, config, device):
   torch_model.load_state_dict(interop.to_torch_state_dict(model))
   graphdef, params, model_state = rw_models.split(model)
   return graphdef, params, model_state, torch_model.to(device, memory_format=torch.channels_last)
+
+
+class Setup(typing.NamedTuple):
+  """What a model benchmark starts from: both models with the same weights and a fixed batch."""
+  config: object
+  device: object
+  graphdef: object
+  params: object
+  model_state: object
+  torch_model: object
+  machine: dict
+  batch: dict
+  x: object
+  y: object
+  logits_gap: float
+
+
+def setup(args) -> Setup:
+  """Threads, config, device, both models, the machine's description, a fixed batch, and the
+  check that both models compute the same logits on it."""
+  configure_threads(args)
+  config = config_for(args)
+  device = torch_device()
+  graphdef, params, model_state, torch_model = models(args, config, device)
+  batch, x, y = data(args, device)
+  gap = logits_gap(graphdef, params, model_state, torch_model, batch["image"], x)
+  return Setup(config, device, graphdef, params, model_state, torch_model,
+               machine(args.dtype), batch, x, y, gap)
 
 
 def logits_gap(graphdef, params, model_state, torch_model, images, x) -> float:

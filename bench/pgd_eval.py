@@ -55,13 +55,8 @@ def main(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   harness.model_arguments(parser, batch=500)
   args = parser.parse_args(argv)
-  harness.configure_threads(args)
-  config = harness.config_for(args)
-  device = harness.torch_device()
-  graphdef, params, model_state, torch_model = harness.models(args, config, device)
-  machine = harness.machine(args.dtype)
-  batch, x, y = harness.data(args, device)
-  gap = harness.logits_gap(graphdef, params, model_state, torch_model, batch["image"], x)
+  config, device, graphdef, params, model_state, torch_model, machine, batch, x, y, gap = (
+      harness.setup(args))
   compiled, params, model_state, mesh, compile_s, flops = compile_step(
       args, config, graphdef, params, model_state)
   jax_batch = parallel.put_batch({**batch, "mask": np.ones(args.batch, bool)}, mesh)
