@@ -4,9 +4,9 @@
 
 One evaluation batch: PGD with cross-entropy from a uniform start in the ε-ball (ε 0.031,
 20 steps of 0.003, BatchNorm in evaluation mode), then the natural and adversarial
-predictions. robustwidth's step is `steps.make_eval_step`, jitted as `robustwidth.train` does
-it (batch sharded on the 'data' mesh, compiled ahead of time); the baseline is
-`bench.torch_reference.pgd_eval` with the same weights. Prints JSON lines: one per
+predictions in one forward pass. robustwidth's step is `steps.make_eval_step`, jitted as
+`robustwidth.train` does it (batch sharded on the 'data' mesh, compiled ahead of time); the
+baseline is `bench.torch_reference.pgd_eval` with the same weights. Prints JSON lines: one per
 implementation and one comparing them; `test_set_s` is the time for the 10,000 CIFAR test
 images at the median rate.
 """

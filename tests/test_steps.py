@@ -108,3 +108,21 @@ def test_eval_step_counts_only_real_rows():
   counts_real = eval_step(state.params, state.model_state, real, jax.random.PRNGKey(0))
   for key in ("correct", "robust", "stable"):
     assert int(counts[key]) == int(counts_real[key])
+
+
+def test_one_pass_over_both_batches_equals_two_passes_and_moves_no_data():
+  assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+  graphdef, _, _, state = _setup("standard")
+  eval_logits = models.logits_fn(graphdef, state.params, state.model_state)
+  x = _batch(16)["image"]
+  x_adv = jnp.clip(x + 0.1 * jax.random.normal(jax.random.PRNGKey(0), x.shape), 0.0, 1.0)
+  mesh = parallel.data_mesh()
+  sharded = parallel.batch_sharded(mesh)
+  paired = jax.jit(lambda x, x_adv: steps.natural_and_adversarial_logits(eval_logits, x, x_adv),
+                   in_shardings=(sharded, sharded), out_shardings=(sharded, sharded))
+  natural, adversarial = paired(jax.device_put(x, sharded), jax.device_put(x_adv, sharded))
+  np.testing.assert_allclose(natural, eval_logits(x), atol=1e-5)
+  np.testing.assert_allclose(adversarial, eval_logits(x_adv), atol=1e-5)
+  assert not np.allclose(natural, adversarial, atol=1e-3)
+  hlo = paired.lower(x, x_adv).compile().as_text()
+  assert not any(op in hlo for op in ("all-to-all", "all-gather", "collective-permute"))
