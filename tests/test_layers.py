@@ -59,3 +59,18 @@ def test_winograd_conv3x3_is_the_convolution_and_differentiates_like_it(size):
   cotangent = jax.random.normal(key, y.shape)
   _assert_close(jax.vjp(winograd.conv3x3, x, kernel)[1](cotangent),
                 jax.vjp(lambda x, k: _reference(x, k, 1, 1), x, kernel)[1](cotangent))
+
+
+def test_bfloat16_conv2d_keeps_its_dtype_and_derivatives():
+  x, kernel, key = _inputs((2, 8, 8, 3), 3, 4)
+  x16, kernel16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+  ours = lambda x, k: layers.conv2d(x, k, 1, 1)
+  theirs = lambda x, k: _reference(x, k, 1, 1)
+  y = theirs(x16, kernel16)
+  cotangent = jax.random.normal(key, y.shape, jnp.bfloat16)
+  grads = jax.vjp(ours, x16, kernel16)[1](cotangent)
+  assert ours(x16, kernel16).dtype == jnp.bfloat16
+  assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
+  _assert_close([g.astype(jnp.float32) for g in grads],
+                [g.astype(jnp.float32) for g in jax.vjp(theirs, x16, kernel16)[1](cotangent)],
+                rtol=2e-2)

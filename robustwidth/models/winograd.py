@@ -30,15 +30,19 @@ def _transform_taps(x, axis: int, tiles: int):
 
 def conv3x3(x, kernel):
   """Stride-1 3×3 convolution with 1 pixel of zero padding on each side (NHWC input, HWIO
-  kernel): `lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)))`."""
+  kernel): `lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)))`. Computed in
+  float32 whatever the inputs' dtype (the transforms' 1/6 and 1/24 lose 0.4% in bfloat16) and
+  returned in x's dtype."""
+  dtype = x.dtype
+  x, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)
   n, h, w, _ = x.shape
   tiles_h, tiles_w = -(-h // 4), -(-w // 4)
   x = jnp.pad(x, ((0, 0), (1, 4 * tiles_h + 1 - h), (1, 4 * tiles_w + 1 - w), (0, 0)))
   # [6 (columns), 6 (rows), N, tiles_h, tiles_w, C]
   tiles = _transform_taps(_transform_taps(x, 1, tiles_h), 3, tiles_w)
-  u = jnp.einsum("ia,jb,abck->jick", _G, _G, kernel.astype(x.dtype))
+  u = jnp.einsum("ia,jb,abck->jick", _G, _G, kernel)
   products = jnp.einsum("jinhwc,jick->jinhwk", tiles, u)
   y = jnp.einsum("pi,qj,jinhwk->nhpwqk", _AT, _AT, products)
   # One merge per reshape: JAX's sharding rules (a batch sharded on a mesh) take no more.
   y = y.reshape(n, 4 * tiles_h, tiles_w, 4, -1).reshape(n, 4 * tiles_h, 4 * tiles_w, -1)
-  return y[:, :h, :w]
+  return y[:, :h, :w].astype(dtype)
