@@ -4,7 +4,8 @@ Each 4×4 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A for the 6×6 input til
 convolution with 4× fewer multiplications, which become 36 matrix products over all tiles at
 once. Written by hand because XLA:CPU has no Winograd convolution and runs its backward-filter
 convolution at under 10% of peak; `layers.conv2d` uses this form for the kernel gradient on CPU,
-where it is 2× faster than the next best form (bench/conv_layer.py, docs/benchmarks.md). The
+where it takes under half the time of the next best form, a matrix product of the input
+patches (bench/conv_layer.py, docs/benchmarks.md). The
 result differs from the direct convolution only by float rounding (about 1e-5 relative in
 float32, against 1e-6).
 """
