@@ -1,5 +1,5 @@
 # Both targets build and reuse a local virtual environment in .venv; nothing else is needed.
-PYTHON ?= python3
+# The interpreter: Python >= 3.12 found by tools/find_python.sh (PYTHON=... overrides).
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
@@ -14,7 +14,7 @@ test: $(VENV)/.test-deps
 	bash tests/run.sh
 
 $(VENV)/.run-deps: setup.py constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || { python=$$(sh tools/find_python.sh) && "$$python" -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $@

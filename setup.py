@@ -8,10 +8,10 @@ setuptools.setup(
         "Adversarial training, robustness evaluation and width/NTK analysis for "
         "'Do Wider Neural Networks Really Help Adversarial Robustness?' (NeurIPS 2021)."
     ),
-    python_requires=">=3.11",
+    python_requires=">=3.12",
     packages=setuptools.find_packages(include=["robustwidth", "robustwidth.*"]),
     install_requires=[
-        "jax>=0.10.2",
+        "jax>=0.12",
         "flax>=0.12.8",
         "optax>=0.2.8",
         "chex>=0.1.92",
@@ -32,7 +32,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6"],
-        # CPU build only: an unpinned torch pulls several GB of CUDA packages.
+        # PyTorch, for the reference tests and benchmarks only. For Python 3.12+ the package
+        # index serves the CUDA-enabled build (about 4.6 GB installed; it runs on the CPU too).
         "torch": ["torch==2.13.0"],
         # Only to build TFDS data from the official archives.
         "prepare": ["tensorflow-cpu>=2.21"],
