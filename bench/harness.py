@@ -8,6 +8,7 @@ default JAX backend's, and PyTorch runs on CUDA exactly when JAX does.
 """
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -171,6 +172,11 @@ def model_arguments(parser, batch: int = 128) -> None:
   parser.add_argument("--loop", type=loop_form, default="auto",
                       help="attack loop form: auto (the library's choice for this backend), "
                            "rolled, unrolled, or an int n (n iterations per loop trip)")
+  parser.add_argument("--conv-derivative", choices=CONV_DERIVATIVES, default="library",
+                      help="the convolution's derivative: library (robustwidth's own), xla "
+                           "(JAX's rules), or the library's with one of its CPU forms undone: "
+                           "patches (no Winograd kernel gradient), hwio (input gradient "
+                           "through the HWIO kernel)")
   run_arguments(parser)
 
 
@@ -191,6 +197,48 @@ def configure_threads(args) -> None:
                                "=false intra_op_parallelism_threads=1").strip()
     import torch
     torch.set_num_threads(1)
+
+
+CONV_DERIVATIVES = ("library", "xla", "patches", "hwio")
+
+
+def conv_derivative(name: str):
+  """Replaces `layers.conv2d` (read when a model is traced) by the derivative form `name`, to
+  measure what each of the library's CPU forms is worth. Values are the same in every form."""
+  from unittest import mock
+
+  import jax
+  from jax.custom_derivatives import SymbolicZero
+
+  from robustwidth.models import layers
+  if name == "library":
+    return contextlib.nullcontext()
+  if name == "xla":
+    return mock.patch.object(layers, "conv2d", layers._conv)
+
+  @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+  def conv2d(x, kernel, stride, padding):
+    return layers._conv(x, kernel, stride, padding)
+
+  @functools.partial(conv2d.defjvp, symbolic_zeros=True)
+  def _jvp(stride, padding, primals, tangents):
+    (x, kernel), (x_dot, kernel_dot) = primals, tangents
+    terms = []
+    if not isinstance(x_dot, SymbolicZero):
+      terms.append(layers._conv(x_dot, kernel, stride, padding) if name == "hwio" else
+                   layers._conv(x_dot, jax.numpy.transpose(kernel, (0, 1, 3, 2)), stride,
+                                padding, "HWOI"))
+    if not isinstance(kernel_dot, SymbolicZero):
+      if name == "patches":
+        patches = jax.checkpoint(layers._patches, static_argnums=(1, 2, 3))(
+            x, kernel_dot.shape[0], stride, padding)
+        terms.append(patches @ kernel_dot.reshape(-1, kernel_dot.shape[-1]))
+      else:
+        terms.append(layers._kernel_tangent(x, kernel_dot, stride, padding))
+    y = layers._conv(x, kernel, stride, padding)
+    return y, sum(terms[1:], terms[0]) if terms else jax.numpy.zeros_like(y)
+
+  return mock.patch.object(layers, "conv2d", conv2d)
 
 
 def loop_form(name: str):

@@ -41,7 +41,7 @@ def compile_step(args, config, graphdef, params, model_state):
     jitted = jax.jit(steps.make_eval_step(graphdef, train.eval_attack(config)),
                      in_shardings=(replicated, replicated, sharded, replicated),
                      out_shardings=replicated)
-    with harness.loop_context(unroll):
+    with harness.loop_context(unroll), harness.conv_derivative(args.conv_derivative):
       return jitted.lower(params, model_state, batch_spec, jax.random.PRNGKey(0))
 
   start, cpu = time.perf_counter(), time.process_time()
@@ -78,8 +78,8 @@ def main(argv=None):
   times = harness.alternate(runners, args.repeats)
   common = {"bench": BENCH, "depth": args.depth, "width": args.width, "batch": args.batch,
             "base_channels": args.base_channels, "image_size": args.image_size,
-            "dtype": args.dtype, "num_steps": config.eval.num_steps, "logits_gap": gap,
-            **machine}
+            "dtype": args.dtype, "conv_derivative": args.conv_derivative,
+            "num_steps": config.eval.num_steps, "logits_gap": gap, **machine}
   extra = {name: {"test_set_s": round(10_000 / args.batch * statistics.median(t["wall"]), 1)}
            for name, t in times.items()}
   extra["robustwidth"].update(loop=harness.describe_loop(args.loop),

@@ -43,7 +43,7 @@ def compile_step(args, config, graphdef, params, model_state):
     jitted = jax.jit(steps.make_train_step(graphdef, optimizer, settings),
                      in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                      donate_argnums=0)
-    with harness.loop_context(unroll):
+    with harness.loop_context(unroll), harness.conv_derivative(args.conv_derivative):
       return jitted.lower(state, batch_spec)
 
   start, cpu = time.perf_counter(), time.process_time()
@@ -85,7 +85,8 @@ def main(argv=None):
   times = harness.alternate(runners, args.repeats)
   common = {"bench": BENCH, "depth": args.depth, "width": args.width, "batch": args.batch,
             "base_channels": args.base_channels, "image_size": args.image_size,
-            "dtype": args.dtype, "logits_gap": gap, **machine}
+            "dtype": args.dtype, "conv_derivative": args.conv_derivative, "logits_gap": gap,
+            **machine}
   harness.report(common, times, args.batch, flops, machine["peak_gflops"], {
       "robustwidth": {"loop": harness.describe_loop(args.loop), "compile_s": round(compile_s[0], 2),
                       "compile_cpu_s": round(compile_s[1], 2),

@@ -3,11 +3,7 @@
 Pure functions first (attacks, losses, metrics, ntk, war), thin stateful shells around them
 (train, checkpointing, logging). See README.md.
 """
-from robustwidth import xla_cpu
-
-xla_cpu.avoid_reduce_fusion_crash()
-
-from robustwidth import attacks, losses, metrics, models, ntk, war  # noqa: E402
+from robustwidth import attacks, losses, metrics, models, ntk, war
 
 __version__ = "0.1.0"
 __all__ = ["attacks", "losses", "metrics", "models", "ntk", "war"]

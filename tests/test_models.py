@@ -1,5 +1,9 @@
 """Model families: parameter counts from closed forms, parameterizations, the functional
 boundary."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,3 +113,26 @@ def test_bad_model_arguments():
   with pytest.raises(ValueError, match="Unknown parameterization"):
     models.create_model("mlp", width=1, num_classes=10, input_shape=(8, 8, 1), seed=0,
                         parameterization="mup")
+
+
+# jaxlib 0.10's XLA:CPU corrupted memory on this program (a deep convolution stack ending in a
+# global pool fused into one YNNPACK reduce fusion); run apart, so that a crash fails one test.
+_WIDE_RESNET_FORWARD_TWICE = """
+import jax
+from robustwidth import config, models, train
+c = config.base()
+c.model.family, c.model.depth, c.model.width = "wide_resnet", 16, 4
+graphdef, params, state = models.split(train.build_model(c, (32, 32, 3), 10))
+f = models.logits_fn(graphdef, params, state)
+x = jax.random.uniform(jax.random.PRNGKey(0), (8, 32, 32, 3))
+print(jax.block_until_ready(jax.jit(lambda x: f(x) + f(x * 0.5))(x)).shape)
+"""
+
+
+def test_wide_resnet_16_4_forward_pass_runs_without_any_xla_flag():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, "-c", _WIDE_RESNET_FORWARD_TWICE],
+                          env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "(8, 10)" in result.stdout
