@@ -9,12 +9,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def data_mesh() -> Mesh:
-  """All devices on one 'data' axis. Auto axes: XLA propagates the batch sharding through the
-  step (with Explicit axes, jax 0.12 refuses the transpose of an indexing gather inside
-  optax's cross-entropy on a sharded batch)."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def data_mesh(devices=None) -> Mesh:
+  """`devices` (default: all) on one 'data' axis. Auto axes: XLA propagates the batch
+  sharding through the step (with Explicit axes, jax 0.12 refuses the transpose of an
+  indexing gather inside optax's cross-entropy on a sharded batch)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
