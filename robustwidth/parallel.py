@@ -10,7 +10,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def data_mesh() -> Mesh:
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  """All devices on one 'data' axis. Auto axes: XLA propagates the batch sharding through the
+  step (with Explicit axes, jax 0.12 refuses the transpose of an indexing gather inside
+  optax's cross-entropy on a sharded batch)."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
