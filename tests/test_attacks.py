@@ -197,6 +197,7 @@ def test_pgd_is_jittable_and_equals_eager(wrn):
     (dict(loss="hinge"), "Unknown attack loss 'hinge'"),
     (dict(init="zeros"), "Unknown init 'zeros'"),
     (dict(x=2.0 * helpers.images(7, 4)), r"x must lie in \[0, 1\]"),
+    (dict(x=helpers.images(7, 4).at[2, 3, 3, 0].set(jnp.nan)), r"x must lie in \[0, 1\]"),
     (dict(x=(255 * helpers.images(7, 4)).astype(jnp.uint8)), "must be floating point"),
     (dict(y=jnp.array([0, 1, 2, 10])), r"y must lie in \[0, 9\]"),
     (dict(y=jnp.array([0, 1, 2])), r"y must have shape \(4,\)"),
