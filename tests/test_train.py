@@ -344,9 +344,13 @@ def test_a_second_writer_of_a_workdir_is_refused_and_a_killed_one_leaves_no_lock
 def test_eval_batches_are_padded_for_8_and_16_devices(tmp_path):
   # eval.batch_size 100 on 8 and 16 devices (padded to 104 and 112; it had to divide the
   # device count): every test example is counted once, and 16 devices train what 8 train.
-  config = _digits_run(eval__batch_size=100)
-  eight = train.train_and_evaluate(config, str(tmp_path / "eight"))
-  command = _command(tmp_path / "sixteen", ("train.method=standard", "eval.batch_size=100"))
+  # A one-layer MLP and one PGD step keep both runs to seconds.
+  changes = {"train__method": "standard", "train__batch_size": 256, "model__family": "mlp",
+             "model__depth": 1, "model__base_channels": 4, "eval__num_steps": 1,
+             "eval__batch_size": 100}
+  eight = train.train_and_evaluate(_digits_run(**changes), str(tmp_path / "eight"))
+  command = _command(tmp_path / "sixteen", [f"{k.replace('__', '.')}={v}"
+                                            for k, v in changes.items()])
   command[command.index("configs/smoke.py")] = "configs/smoke.py:epochs=1"
   result = subprocess.run(command, cwd=REPO, env=_env(16), capture_output=True, text=True,
                           timeout=600)
