@@ -304,6 +304,7 @@ def test_bad_arguments_say_what_to_do(trained_mlp, test_points):
     attacks.square(trained_mlp, x * 2, y, key=KEY, eps=0.1)
 
 
+@pytest.mark.filterwarnings("ignore::robustwidth.attacks.checks.EvaluationWarning")
 def test_a_model_with_non_finite_logits_is_refused(test_points):
   # NaN logits argmax to class 0: with labels 0 the cascade reported 100% robust accuracy.
   x, y = test_points[0][:8], jnp.zeros(8, jnp.int32)
