@@ -115,16 +115,32 @@ def evaluate(workdir: str, *, evaluations, n_examples=None, which="best", eps=No
   return record
 
 
+def check_paths(workdir: str, output: str) -> None:
+  """Fails before any attack runs if the run directory is missing or the record could not
+  be written."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir {workdir} is not a directory; give a trained run's "
+                            "directory.")
+  directory = os.path.dirname(os.path.abspath(output))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"--output {output}: the directory {directory} does not exist; "
+                            "create it first or choose another path.")
+  if os.path.isdir(output) or not os.access(directory, os.W_OK):
+    raise PermissionError(f"--output {output} cannot be written; choose a file path in a "
+                          "writable directory.")
+
+
 def main(argv):
   cli.start(argv)
   evaluations = [name.strip() for name in _ATTACKS.value if name.strip()]
   if not evaluations:
     raise app.UsageError("--attacks is empty; use e.g. --attacks autoattack,pgd-20,cw-20.")
   check_attack_names([name for name in evaluations if name != "autoattack"])
+  output = _OUTPUT.value or os.path.join(_WORKDIR.value, "evaluation.json")
+  check_paths(_WORKDIR.value, output)
   record = evaluate(_WORKDIR.value, evaluations=evaluations, n_examples=_N_EXAMPLES.value,
                     which=_WHICH.value, eps=_EPS.value, norm=_NORM.value,
                     batch_size=_BATCH_SIZE.value, seed=_SEED.value)
-  output = _OUTPUT.value or os.path.join(_WORKDIR.value, "evaluation.json")
   with open(output, "w") as f:
     json.dump(record, f, indent=1, default=float)
   print(f"{record['model']} on {record['dataset']} ({record['n_examples']} test points), "
@@ -137,4 +153,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

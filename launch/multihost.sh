@@ -13,10 +13,24 @@
 #   launch/multihost.sh tpu TPU_NAME ZONE CONFIG WORKDIR [FLAGS...]
 #       every worker of a Cloud TPU pod slice via gcloud; JAX finds the pod by itself. The
 #       repository must be checked out at ~/robustwidth on each worker (with `make .venv/.run-deps`).
+#
+# Every argument reaches launch.main as given (spaces, quotes and `$(...)` included; the TPU
+# workers' remote shell gets each one quoted). DRY_RUN=1 prints the commands instead of
+# running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 mode=${1:?usage: see the comment at the top of launch/multihost.sh}; shift
+
+# Runs its arguments as one command, or prints them shell-quoted under DRY_RUN.
+run() {
+  if [[ -n "${DRY_RUN:-}" ]]; then
+    printf '%q ' "$@"
+    echo
+  else
+    "$@"
+  fi
+}
 
 case "$mode" in
   local)
@@ -24,7 +38,7 @@ case "$mode" in
     port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     pids=()
     for ((i = 0; i < n; i++)); do
-      XLA_FLAGS=--xla_force_host_platform_device_count=1 JAX_PLATFORMS=cpu \
+      run env XLA_FLAGS=--xla_force_host_platform_device_count=1 JAX_PLATFORMS=cpu \
         "$PY" -m launch.main --config "$config" --workdir "$workdir" --distributed \
         --coordinator_address "127.0.0.1:$port" --num_processes "$n" --process_id "$i" "$@" &
       pids+=($!)
@@ -35,18 +49,20 @@ case "$mode" in
     ;;
   host)
     coordinator=$1 n=$2 id=$3 config=$4 workdir=$5; shift 5
-    exec "$PY" -m launch.main --config "$config" --workdir "$workdir" --distributed \
+    run "$PY" -m launch.main --config "$config" --workdir "$workdir" --distributed \
       --coordinator_address "$coordinator" --num_processes "$n" --process_id "$id" "$@"
     ;;
   slurm)
     config=$1 workdir=$2; shift 2
-    exec srun --ntasks-per-node=1 "$PY" -m launch.main --config "$config" \
+    run srun --ntasks-per-node=1 "$PY" -m launch.main --config "$config" \
       --workdir "$workdir" --distributed "$@"
     ;;
   tpu)
     name=$1 zone=$2 config=$3 workdir=$4; shift 4
-    exec gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command \
-      "cd ~/robustwidth && .venv/bin/python -m launch.main --config $config --workdir $workdir --distributed $*"
+    remote=$(printf '%q ' .venv/bin/python -m launch.main --config "$config" \
+      --workdir "$workdir" --distributed "$@")
+    run gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command \
+      "cd ~/robustwidth && $remote"
     ;;
   *)
     echo "unknown mode '$mode': use local, host, slurm or tpu (see launch/multihost.sh)" >&2

@@ -2,7 +2,7 @@
 
   python -m launch.report --workdir runs/study
 """
-from absl import app, flags
+from absl import flags
 
 from launch import cli
 
@@ -17,4 +17,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

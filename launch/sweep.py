@@ -12,7 +12,7 @@ with `python -m launch.report --workdir runs/study`.
 """
 import shlex
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import cli
@@ -22,6 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Study configuration f
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory; runs go in subdirectories.")
 _PRINT = flags.DEFINE_bool("print_commands", False, "Print one command per run and exit.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print each run's cost and exit.")
+_DEVICE_COUNT = flags.DEFINE_integer(
+    "device_count", None, "Devices the runs will train on, to validate the grid for with "
+    "--print_commands or --dry_run (default: this machine's).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,11 +46,15 @@ def run_commands(config_argument: str, overrides: dict, runs) -> list[str]:
 
 def main(argv):
   cli.start(argv)
-  from robustwidth import config as config_lib
+  import jax
   from robustwidth.studies import sweep, width
   config = _CONFIG.value
-  config_lib.validate(config)
-  runs = sweep.expand(config, _WORKDIR.value)
+  if not _PRINT.value and not _DRY_RUN.value:
+    width.run(config, _WORKDIR.value)
+    return
+  device_count = _DEVICE_COUNT.value or jax.device_count()
+  runs = sweep.validated_runs(config, _WORKDIR.value, device_count)
+  print(f"# {len(runs)} runs, validated for {device_count} devices (--device_count).")
   if _PRINT.value:
     overrides = config_flags.get_override_values(flags.FLAGS["config"])
     flat = {k: v for k, v in _flatten(overrides).items()}
@@ -56,11 +63,9 @@ def main(argv):
     for command in run_commands(config_flags.get_config_filename(flags.FLAGS["config"]),
                                 flat, runs):
       print(command)
-  elif _DRY_RUN.value:
+  else:
     from robustwidth.studies import cost
     cost.print_estimates(runs)
-  else:
-    width.run(config, _WORKDIR.value)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -74,4 +79,4 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

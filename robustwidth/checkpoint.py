@@ -13,6 +13,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from robustwidth import config as config_lib
+
 _policy = ocp.checkpoint_managers.preservation_policy
 
 
@@ -24,6 +26,11 @@ class _NoMetricsNotice(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_NoMetricsNotice())
+
+
+_MOVE_ASIDE = ("Move that step's directory out of the checkpoints directory and run again: "
+               "the run resumes exactly from the checkpoint before it (or starts afresh if "
+               "there is none); nothing was deleted.")
 
 
 class CheckpointError(RuntimeError):
@@ -67,9 +74,8 @@ class Checkpoints:
     except Exception as error:  # Orbax raises many types; all mean the same to the user.
       raise CheckpointError(
           f"The checkpoint at {os.path.join(self.directory, str(step))} is unreadable "
-          f"({type(error).__name__}: {error}). It may be corrupt or incomplete. Move it out "
-          "of the way to resume from an earlier one, or start a new run with another "
-          "--workdir; nothing was deleted.") from error
+          f"({type(error).__name__}: {error}). It may be corrupt or incomplete. {_MOVE_ASIDE}"
+          ) from error
 
   def restore(self, step: int, target, config_json: str):
     """Restores (state, meta) at `step` onto `target` (arrays or ShapeDtypeStructs with
@@ -85,7 +91,7 @@ class Checkpoints:
       raise CheckpointError(
           f"The train state in {path} does not match this run's model and optimizer "
           f"({type(error).__name__}: {error}). It may be corrupt, or from an incompatible "
-          "version; start a new run with another --workdir; nothing was deleted.") from error
+          f"version. {_MOVE_ASIDE}") from error
     return restored.state, meta
 
   def close(self) -> None:
@@ -93,19 +99,9 @@ class Checkpoints:
 
 
 def _check_same_config(saved: dict, current: dict, path: str) -> None:
-  differences = _differences(saved, current)
+  differences = config_lib.differences(saved, current)
   if differences:
-    listing = "; ".join(f"config.{k}: checkpoint {a!r}, now {b!r}" for k, a, b in differences)
     raise CheckpointError(
         f"The checkpoint at {path} was written by a run with a different configuration "
-        f"({listing}). Resume with the original configuration, or use a new --workdir for "
-        "the new one.")
-
-
-def _differences(saved, current, prefix: str = ""):
-  if isinstance(saved, dict) and isinstance(current, dict):
-    out = []
-    for key in sorted(set(saved) | set(current)):
-      out += _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
-    return out
-  return [] if saved == current else [(prefix.rstrip("."), saved, current)]
+        f"({config_lib.describe_differences(differences, 'checkpoint')}). Resume with the "
+        "original configuration, or use a new --workdir for the new one.")

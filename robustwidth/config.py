@@ -7,6 +7,7 @@ ignored setting.
 """
 import ast
 import difflib
+import math
 
 import ml_collections
 
@@ -56,7 +57,8 @@ def base() -> ml_collections.ConfigDict:
   c.train.attack_step_size = 0.007
   c.train.attack_init = "normal"     # normal (x + 0.001·N(0,1), TRADES) | uniform | none
   c.train.epochs = 100
-  c.train.batch_size = 128           # global batch, split over all devices
+  c.train.batch_size = 128           # global batch, split over all devices: a multiple of
+                                     # the device count
   c.train.lr = 0.1
   c.train.momentum = 0.9
   c.train.weight_decay = 2e-4
@@ -77,7 +79,8 @@ def base() -> ml_collections.ConfigDict:
   # Per-epoch evaluation on the whole test split: PGD with cross-entropy.
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1
-  c.eval.batch_size = 500
+  c.eval.batch_size = 500            # test examples per batch, padded to a multiple of
+                                     # the device count (padding is masked out)
   c.eval.num_steps = 20
   c.eval.step_size = 0.003           # TRADES' 0.003; the authors used 0.007
   c.eval.init = "uniform"
@@ -95,9 +98,11 @@ def base() -> ml_collections.ConfigDict:
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """Parses "width=10,beta=6" (the part after `file.py:`) into typed values over `defaults`.
+  """Parses "width=10,beta=6" (the part after `file.py:`) into values of the defaults' types.
 
-  Values are Python literals when they parse as one (10, 6.0, (1, 2)), strings otherwise.
+  Values are Python literals (10, 6.0, (1, 2)); booleans also as true/false, any case. A value
+  that is not of its default's type (1.5 for an int, "yes" for a bool) is an error, never
+  silently converted. A default of None or str takes any text.
   """
   result = ml_collections.ConfigDict(defaults)
   if not arg:
@@ -107,12 +112,25 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     if not sep or key not in defaults:
       raise ConfigError(f"Config argument {item!r} is not one of "
                         f"{sorted(defaults)} (write them as key=value,key=value).")
-    try:
-      parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      parsed = value
-    result[key] = type(defaults[key])(parsed) if defaults[key] is not None else parsed
+    result[key] = _typed(key, value, defaults[key])
   return result
+
+
+def _typed(key: str, text: str, default):
+  if default is None or isinstance(default, str):
+    return text
+  if isinstance(default, bool) and text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if type(value) is not type(default):
+    raise ConfigError(f"Config argument {key}={text!r} is not a {type(default).__name__} "
+                      f"like its default {default!r}.")
+  return value
 
 
 def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
@@ -123,6 +141,29 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
     else:
       flat[f"{prefix}{key}"] = value
   return flat
+
+
+def differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+  """(key, saved value, current value) for each setting in which two runs' configurations
+  (as JSON dicts) differ. The sweep section is left out: it is the grid a study's runs come
+  from, not a setting of any one run, so a study extended by widths, β values, seeds or rules
+  keeps its finished runs."""
+  return _tree_differences({k: v for k, v in saved.items() if k != "sweep"},
+                           {k: v for k, v in current.items() if k != "sweep"})
+
+
+def _tree_differences(saved, current, prefix: str = ""):
+  if isinstance(saved, dict) and isinstance(current, dict):
+    out = []
+    for key in sorted(set(saved) | set(current)):
+      out += _tree_differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+    return out
+  return [] if saved == current else [(prefix.rstrip("."), saved, current)]
+
+
+def describe_differences(differences, saved_name: str) -> str:
+  """`differences` as "config.key: <saved_name> old, now new; ..."."""
+  return "; ".join(f"config.{k}: {saved_name} {a!r}, now {b!r}" for k, a, b in differences)
 
 
 def _fail(key: str, value, allowed: str) -> None:
@@ -154,6 +195,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   for key in positive_ints:
     if not isinstance(given[key], int) or given[key] < 1:
       _fail(key, given[key], "it must be an integer >= 1")
+  for key, value in given.items():
+    values = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      _fail(key, value, "it must be finite")
+  if not isinstance(config.seed, int) or config.seed < 0:
+    _fail("seed", config.seed, "it must be an integer >= 0")
   nonnegative = ("attack.eps", "train.beta", "train.attack_step_size", "train.lr",
                  "train.momentum", "train.weight_decay", "eval.step_size",
                  "train.checkpoint_every_steps", "data.crop_padding")
@@ -168,9 +215,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   if config.model.family == "wide_resnet" and (config.model.depth - 4) % 6:
     _fail("model.depth", config.model.depth,
           "a WideResNet depth is 6n + 4 (10, 16, 22, 28, 34, ...)")
-  for key in ("train.batch_size", "eval.batch_size"):
-    if given[key] % device_count:
-      _fail(key, given[key], f"it must be divisible by the {device_count} devices")
+  if config.train.batch_size % device_count:
+    _fail("train.batch_size", config.train.batch_size,
+          f"the global batch is split evenly over the {device_count} devices, so it must be "
+          f"a multiple of {device_count}")
   if config.sweep.war_rules and not set(config.sweep.war_rules) <= {"static", "adaptive"}:
     _fail("sweep.war_rules", config.sweep.war_rules, "use rules from ('static', 'adaptive')")
   if not set(config.sweep.war_betas) <= set(config.sweep.betas):
@@ -183,12 +231,26 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   for key in ("sweep.widths", "sweep.betas", "sweep.seeds"):
     if not given[key]:
       _fail(key, given[key], "it needs at least one value")
+  grid = {"sweep.widths": (int, 1), "sweep.seeds": (int, 0), "sweep.betas": ((int, float), 0),
+          "sweep.war_betas": ((int, float), 0)}
+  for key, (kind, low) in grid.items():
+    values = tuple(given[key])
+    if any(isinstance(v, bool) or not isinstance(v, kind) or not v >= low for v in values):
+      _fail(key, given[key], f"each value must be {'an integer' if kind is int else 'a number'}"
+            f" >= {low}")
+    if len(set(values)) != len(values):
+      _fail(key, given[key], "each value may appear once (a repeated one would run twice)")
   adaptive_from_run = (config.war.rule == "adaptive" and config.war.reference_ratio == 0
                        and config.war.reference_run)
   try:  # A ratio still to be read from the reference run is checked when it is read.
     war_rule(config, reference_ratio=1.0 if adaptive_from_run else None)
   except ValueError as error:
     raise ConfigError(f"config.war: {error}") from None
+
+
+def eval_padded_batch(config: ml_collections.ConfigDict, device_count: int) -> int:
+  """The evaluation batch padded up to a multiple of the device count."""
+  return -(-config.eval.batch_size // device_count) * device_count
 
 
 def extra_per_batch(config: ml_collections.ConfigDict) -> int:

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustwidth import validation
+
 CELLS = ("correct_stable", "correct_unstable", "wrong_stable", "wrong_adv_correct",
          "wrong_unstable_wrong")
 
@@ -61,5 +63,15 @@ def fractions(counts: dict) -> dict[str, float]:
 
 
 def robustness(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array) -> dict:
-  """The contract's one-batch summary: the three accuracies (fractions) and the cell counts."""
+  """The contract's one-batch summary: the three accuracies (fractions) and the cell counts.
+
+  Checks its inputs as the attacks do: [B, K] logits of one shape, finite; labels [B] in
+  [0, K)."""
+  for name, logits in (("logits_nat", logits_nat), ("logits_adv", logits_adv)):
+    if np.ndim(logits) != 2 or np.shape(logits) != np.shape(logits_nat):
+      raise ValueError(f"{name} must be [B, K] logits, both of one shape; got "
+                       f"{np.shape(logits_nat)} and {np.shape(logits_adv)}.")
+    validation.check_finite_logits(logits, name)
+  batch_size, num_classes = np.shape(logits_nat)
+  validation.check_labels(labels, batch_size, num_classes, name="labels")
   return fractions(robustness_counts(logits_nat, logits_adv, labels))

@@ -71,7 +71,8 @@ class TrainSettings:
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                     settings: TrainSettings) -> Callable:
-  """Returns step(state, batch) -> (state, metrics); batch = {"image", "label"}."""
+  """Returns step(state, batch) -> (state, metrics); batch = {"image", "label"}. metrics
+  holds scalars plus "finite": whether the logits, loss and updated parameters are finite."""
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(state.key, state.step)
@@ -116,6 +117,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         "train_accuracy": jnp.mean(jnp.argmax(logits_nat, -1) == y),
         "train_robust_accuracy": jnp.mean(jnp.argmax(logits_adv, -1) == y),
         "lipschitz_probe": jnp.mean(probe),
+        # Checked on the host when the metrics are fetched: a diverged step stops the run.
+        "finite": {"logits": jnp.isfinite(logits_nat).all() & jnp.isfinite(logits_adv).all(),
+                   "loss": jnp.isfinite(natural) & jnp.isfinite(robust),
+                   "parameters": jnp.all(jnp.array([jnp.isfinite(p).all()
+                                                    for p in jax.tree.leaves(params)]))},
     }
     return new_state, step_metrics
 

@@ -6,9 +6,14 @@ split every `eval.every_epochs`, keeps the latest and the best (PGD robust accur
 checkpoints, logs to JSONL and TensorBoard, and writes `record.json`, the run's result.
 
 Started again on the same workdir it resumes from the latest checkpoint, at the exact step,
-data order and random keys; a finished run returns its record without training again.
+data order and random keys, with the epoch's metric sums so far and metrics.jsonl cut back to
+the checkpoint; a finished run returns its record without training again. One process writes
+a workdir at a time (an OS lock on WORKDIR/lock). A step whose loss, logits or parameters are
+not finite stops the run with NonFiniteError: a diverged run never writes a record.
 """
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -25,6 +30,14 @@ from robustwidth.checkpoint import CheckpointError, Checkpoints
 from robustwidth.writers import MetricWriter
 
 _EVAL_KEY_SALT = 0x7E57  # Evaluation keys are fixed per run, so epochs compare like for like.
+
+
+class NonFiniteError(FloatingPointError):
+  """A training step produced NaN or infinite values: the run diverged."""
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another process is writing the workdir."""
 
 
 def _dtype(name: str):
@@ -99,6 +112,7 @@ class _Run:
                                weight_decay=config.train.weight_decay)
     self.settings = train_settings(config)
     self.mesh = parallel.data_mesh()
+    self.eval_padded_batch = config_lib.eval_padded_batch(config, jax.device_count())
     self.state = parallel.replicate(steps.init_train_state(
         params, model_state, self.optimizer, config.seed, self.settings.rule), self.mesh)
     self.eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _EVAL_KEY_SALT)
@@ -118,7 +132,7 @@ class _Run:
         steps.make_eval_step(self.graphdef, eval_attack(config)),
         in_shardings=(replicated, replicated, batch, replicated), out_shardings=replicated,
     ).lower(self.state.params, self.state.model_state,
-            _batch_spec(config.eval.batch_size, self.test_split.image_shape, batch, mask=True),
+            _batch_spec(self.eval_padded_batch, self.test_split.image_shape, batch, mask=True),
             jax.random.PRNGKey(0)).compile()
     self.compile_time_s = time.time() - start
 
@@ -126,6 +140,7 @@ class _Run:
     """PGD evaluation on the whole test split: the three accuracies, counts, probe."""
     totals = {}
     batches = data.eval_batches(self.test_split, global_batch=self.config.eval.batch_size,
+                                padded_batch=self.eval_padded_batch,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
     bar = tqdm(batches, desc="  eval", unit="batch", leave=False, disable=_quiet(),
@@ -140,10 +155,24 @@ class _Run:
 
 
 def _log_step(writer: MetricWriter, step: int, step_metrics: dict, sums: dict) -> dict:
-  """Logs λ and the loss terms of the step that ended at `step`; returns the epoch's sums."""
+  """Fetches the metrics of the step that ended at `step`, stops the run if they are not
+  finite, logs λ and the loss terms; returns the epoch's sums. Sums are Python floats, so an
+  epoch resumed from sums saved as JSON adds up exactly as an uninterrupted one."""
+  step_metrics = jax.device_get(step_metrics)
+  _check_finite(step, step_metrics.pop("finite"))
   writer.write(step, "step", {k: step_metrics[k] for k in
                               ("beta", "loss", "natural_loss", "robust_term")})
-  return metrics.add_counts(sums, step_metrics)
+  return {k: sums.get(k, 0.0) + float(v) for k, v in step_metrics.items()}
+
+
+def _check_finite(step: int, finite: dict) -> None:
+  bad = [name for name, ok in finite.items() if not ok]
+  if bad:
+    raise NonFiniteError(
+        f"Training step {step} produced NaN or infinite {' and '.join(bad)}: the run diverged "
+        "and was stopped before writing a record. Try a lower config.train.lr (or "
+        "config.train.beta), and check the data for bad values; the checkpoints kept are "
+        "all from before this step.")
 
 
 def _batch_spec(size: int, image_shape, sharding, mask: bool = False) -> dict:
@@ -177,29 +206,34 @@ class _Clock:
 
 
 def _train_epoch(run: _Run, state, batches, writer: MetricWriter, checkpoints: Checkpoints,
-                 meta: dict, clock: _Clock, first: int, last: int):
-  """Steps `first` to `last`; returns the state and the epoch's mean step metrics."""
+                 meta: dict, clock: _Clock, first: int, last: int, sums: dict):
+  """Steps `first` to `last`, adding to `sums` (the epoch's steps before `first`, when
+  resuming mid-epoch); returns the state and the epoch's mean step metrics.
+
+  A mid-epoch checkpoint is written after its step's metrics are checked and logged, and holds
+  the epoch's sums so far."""
   config = run.config
-  sums, pending, start = {}, None, time.time()
+  pending, start = None, time.time()
   bar = tqdm(total=(last - first) * config.train.batch_size, unit="img", unit_scale=True,
              desc=f"epoch {last // run.steps_per_epoch}/{config.train.epochs}", leave=False,
              disable=_quiet(), mininterval=1.0)
   for step in range(first, last):
     state, step_metrics = run.train_step(state, parallel.put_batch(next(batches), run.mesh))
     if pending is not None:  # Fetch one step behind, so dispatch runs ahead by one.
-      sums = _log_step(writer, step, jax.device_get(pending), sums)
+      sums = _log_step(writer, step, pending, sums)
     pending = step_metrics
     bar.update(config.train.batch_size)
     every = config.train.checkpoint_every_steps
     if every and (step + 1) % every == 0 and step + 1 != last:
+      sums, pending = _log_step(writer, step + 1, pending, sums), None
       jax.block_until_ready(state)
       clock.train_s += time.time() - start
       start = time.time()
-      _save(run, checkpoints, state, {**meta, **clock.times()})
-  sums = _log_step(writer, last, jax.device_get(pending), sums)
+      _save(run, checkpoints, state, {**meta, **clock.times(), "epoch_sums": sums})
+  sums = _log_step(writer, last, pending, sums)
   bar.close()
   clock.train_s += time.time() - start
-  return state, {k: float(v) / (last - first) for k, v in sums.items()}
+  return state, {k: v / run.steps_per_epoch for k, v in sums.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -208,6 +242,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   existing = _finished_record(record_path, config)
   if existing is not None:
     return existing
+  with _exclusive(workdir):
+    return _train(config, workdir, record_path)
+
+
+@contextlib.contextmanager
+def _exclusive(workdir: str):
+  """Holds an exclusive lock on WORKDIR/lock (process 0: every process of a multi-host run
+  writes the same workdir). The OS releases it when the process ends, killed or not, so it
+  can never be left stuck."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "lock")
+  with open(path, "a") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkdirBusyError(
+          f"{workdir} is being written by another run (it holds the lock on {path}). Wait for "
+          "that run to finish, or use another --workdir. A killed run releases the lock by "
+          "itself: there is nothing to delete.") from None
+    yield
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, record_path: str) -> dict:
   run = _Run(config, workdir)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
   state, meta = run.state, {"train_time_s": 0.0, "wall_time_s": 0.0, "epoch_train": {}}
@@ -218,9 +278,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
       print(f"Resuming {workdir} from step {latest}.", flush=True)
   run.compile()
-  writer = MetricWriter(workdir)
-  clock = _Clock(meta["train_time_s"], meta["wall_time_s"])
   start_step = int(jax.device_get(state.step))
+  writer = MetricWriter(workdir, start_step)
+  clock = _Clock(meta["train_time_s"], meta["wall_time_s"])
+  sums = meta.pop("epoch_sums", {})
   batches = data.train_batches(run.train_split, global_batch=config.train.batch_size,
                                seed=config.seed, start_step=start_step,
                                process_index=jax.process_index(),
@@ -230,7 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     first = max(start_step, epoch * run.steps_per_epoch)
     last = (epoch + 1) * run.steps_per_epoch
     state, train_means = _train_epoch(run, state, batches, writer, checkpoints, meta, clock,
-                                      first, last)
+                                      first, last, sums)
+    sums = {}
     writer.write(last, "train", {**train_means, "epoch": epoch + 1,
                                  "learning_rate": float(run.schedule(last - 1))})
     eval_metrics = None
@@ -289,19 +351,31 @@ def _record(run: _Run, checkpoints: Checkpoints, state, meta: dict) -> dict:
 
 
 def _finished_record(record_path: str, config: ml_collections.ConfigDict) -> dict | None:
+  """The record of a finished run of this configuration (a study's grid is not part of a
+  run's identity, so an extended study reuses its runs), None if the run has not finished."""
   if not os.path.exists(record_path):
     return None
-  with open(record_path) as f:
-    record = json.load(f)
-  if record["config"] != json.loads(config.to_json(sort_keys=True)):
+  try:
+    with open(record_path) as f:
+      record = json.load(f)
+    saved = record["config"]
+  except (ValueError, KeyError, TypeError) as error:
     raise CheckpointError(
-        f"{record_path} holds a finished run with a different configuration. Use a new "
-        "--workdir for the new configuration; nothing was deleted.")
+        f"{record_path} is damaged ({type(error).__name__}: {error}). Move it aside and run "
+        "again: the run's final checkpoint writes it anew without training.") from None
+  differences = config_lib.differences(saved, json.loads(config.to_json(sort_keys=True)))
+  if differences:
+    raise CheckpointError(
+        f"{record_path} holds a finished run with a different configuration "
+        f"({config_lib.describe_differences(differences, 'record')}). Use a new --workdir for "
+        "the new configuration; nothing was deleted.")
   return record
 
 
 def restore_model(workdir: str, which: str = "best"):
   """(graphdef, params, model_state, config) of a run's best or latest checkpoint."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"There is no run directory {workdir}; check --workdir.")
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
   step = checkpoints.best_step() if which == "best" else checkpoints.latest_step()
   if step is None:

@@ -22,7 +22,7 @@ def check_images(x, name: str = "x") -> None:
     # np.asarray first: a jax array's own min() would be staged when called under jit.
     values = np.asarray(x)
     lo, hi = float(values.min()), float(values.max())
-    if lo < 0.0 or hi > 1.0:
+    if not (lo >= 0.0 and hi <= 1.0):  # NaN fails both comparisons.
       raise ValueError(f"{name} must lie in [0, 1] (got values in [{lo:.4g}, {hi:.4g}]); "
                        "scale images to [0, 1] and put any mean/std normalization inside "
                        "the model.")
@@ -46,6 +46,18 @@ def check_logits(logits_shape, batch_size: int) -> None:
   if len(logits_shape) != 2 or logits_shape[0] != batch_size:
     raise ValueError(f"logits_fn must return logits of shape [B, K] = [{batch_size}, K], "
                      f"got {tuple(logits_shape)}.")
+
+
+def check_finite_logits(logits, name: str = "logits") -> None:
+  """Refuses NaN or infinite logits: argmax would read them as class 0 and report a result."""
+  if is_concrete(logits):
+    finite = np.isfinite(np.asarray(logits)).all(axis=-1)
+    if not finite.all():
+      bad = np.flatnonzero(~finite)
+      raise ValueError(f"{name} hold NaN or infinite values for {len(bad)} of {finite.size} "
+                       f"examples (first: index {bad[0]}): the model has diverged or "
+                       "overflows. Check its training (a lower learning rate) and its inputs; "
+                       "no accuracy can be computed from these logits.")
 
 
 def check_choice(name: str, value, allowed) -> None:

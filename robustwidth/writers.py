@@ -14,15 +14,22 @@ def _plain(value):
 
 
 class MetricWriter:
+  """Appends to the run's logs from `start_step` on: what a killed run logged after that step
+  (the checkpoint it resumes from) is dropped, so a resumed run's logs are the uninterrupted
+  run's, with no step twice and none lost."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # Writes event files without TensorFlow.
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    path = os.path.join(workdir, "metrics.jsonl")
+    _keep_through(path, start_step)
+    self._jsonl = open(path, "a")
+    # TensorBoard hides the events a purge step marks as replaced.
+    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                      purge_step=start_step + 1)
 
   def write(self, step: int, kind: str, metrics: dict) -> None:
     """Appends one record {"step", "kind", **metrics}; kind is e.g. "train" or "eval"."""
@@ -40,3 +47,21 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tensorboard.close()
+
+
+def _keep_through(path: str, step: int) -> None:
+  """Rewrites the JSON lines file at `path` (atomically) with its records up to `step`; a
+  line cut short by a kill is dropped too."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError):
+        pass
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)

@@ -1,4 +1,11 @@
-"""PGD against closed forms and invariants."""
+"""PGD against closed forms and invariants.
+
+No test here may depend on rounding: under ℓ∞ a gradient coordinate near zero turns rounding
+noise (which differs between batch shapes, jit and eager, and CPUs' kernels) into a whole
+signed step, and the KL loss is stationary at its target. Comparisons of two computations of
+one attack use ℓ2 steps (continuous in the gradient) from non-stationary starts; closed forms
+keep every example away from a decision boundary.
+"""
 import itertools
 
 import chex
@@ -61,7 +68,12 @@ def test_linear_model_robust_accuracy_matches_closed_form(norm):
   z = np.asarray(logits_fn(x))
   margin = z[np.arange(256), y] - z[np.arange(256), 1 - y]
   dual_norm = np.linalg.norm(w[:, 0] - w[:, 1], ord={"linf": 1, "l2": 2}[norm])
-  eps = min(0.25, float(np.median(margin[margin > 0])) / dual_norm)
+  # ε at the middle of the widest gap between the central margins: no example ends within
+  # rounding of the boundary (an ε at one example's margin left its outcome to rounding).
+  central = np.sort(margin[margin > 0])
+  central = central[len(central) // 4:3 * len(central) // 4]
+  widest = int(np.argmax(np.diff(central)))
+  eps = min(0.25, float(central[widest] + central[widest + 1]) / 2 / dual_norm)
   expected = np.mean(margin > eps * dual_norm)
   assert 0.2 < expected < 0.8  # The test must separate robust from non-robust points.
   x_adv = attacks.pgd(logits_fn, x, y, key=KEY, eps=eps, step_size=eps / 4, num_steps=10,
@@ -101,7 +113,8 @@ def test_adversarial_examples_stay_in_the_ball_and_the_box(norm, loss, init):
   delta = (x_adv - x).reshape(16, -1)
   size = jnp.max(jnp.abs(delta), -1) if norm == "linf" else jnp.linalg.norm(delta, axis=-1)
   assert float(size.max()) <= eps * (1 + 1e-5)
-  assert float(size.max()) > eps / 4  # It moved.
+  if not (loss == "kl" and init == "none"):  # There the start is stationary: no direction.
+    assert float(size.max()) > eps / 4  # It moved.
 
 
 def test_attack_leaves_batch_norm_statistics_unchanged(wrn):
@@ -115,17 +128,36 @@ def test_attack_leaves_batch_norm_statistics_unchanged(wrn):
   np.testing.assert_allclose(logits_fn(x), wrn(x, train=False), atol=1e-6)
 
 
-@pytest.mark.parametrize("loss", attacks.LOSSES)
+@pytest.mark.parametrize("loss", ["ce", "cw", "dlr"])
 def test_attacking_a_batch_equals_attacking_each_example_alone(wrn, loss):
+  # From x itself (init "none": the same start alone and in the batch), with ℓ2 steps.
   logits_fn = models.model_logits_fn(wrn)
   x, y = helpers.images(3, 6), helpers.labels(3, 6)
-  settings = dict(key=KEY, eps=0.1, step_size=0.03, num_steps=3, loss=loss, init="none")
+  settings = dict(key=KEY, eps=0.5, step_size=0.15, num_steps=3, norm="l2", loss=loss,
+                  init="none")
   batch_adv, batch_probe = attacks.pgd_lipschitz_probe(logits_fn, x, y, **settings)
+  assert float(jnp.min(jnp.linalg.norm((batch_adv - x).reshape(6, -1), axis=1))) > 0.1
   for i in range(6):
     alone_adv, alone_probe = attacks.pgd_lipschitz_probe(logits_fn, x[i:i + 1], y[i:i + 1],
                                                          **settings)
-    np.testing.assert_allclose(batch_adv[i:i + 1], alone_adv, atol=1e-5)
+    np.testing.assert_allclose(batch_adv[i:i + 1], alone_adv, atol=1e-4)
     np.testing.assert_allclose(batch_probe[i:i + 1], alone_probe, rtol=1e-4)
+
+
+def test_an_examples_kl_attack_does_not_depend_on_the_rest_of_its_batch(wrn):
+  # KL is stationary at x, so the attack starts at a random point, drawn for the batch's
+  # shape: each example is attacked in batches of one shape whose other rows differ.
+  logits_fn = models.model_logits_fn(wrn)
+  x, others = helpers.images(3, 6), helpers.images(9, 6)
+  settings = dict(key=KEY, eps=0.5, step_size=0.15, num_steps=3, norm="l2", loss="kl",
+                  init="normal")
+  batch_adv, batch_probe = attacks.pgd_lipschitz_probe(logits_fn, x, None, **settings)
+  assert float(jnp.min(jnp.linalg.norm((batch_adv - x).reshape(6, -1), axis=1))) > 0.1
+  for i in range(6):
+    mixed = others.at[i].set(x[i])
+    mixed_adv, mixed_probe = attacks.pgd_lipschitz_probe(logits_fn, mixed, None, **settings)
+    np.testing.assert_allclose(mixed_adv[i], batch_adv[i], atol=1e-4)
+    np.testing.assert_allclose(mixed_probe[i], batch_probe[i], rtol=1e-4)
 
 
 def test_restarts_never_weaken_the_attack(wrn):
@@ -151,9 +183,9 @@ def test_kl_attack_is_label_free(wrn):
 def test_pgd_is_jittable_and_equals_eager(wrn):
   logits_fn = models.model_logits_fn(wrn)
   x, y = helpers.images(6, 8), helpers.labels(6, 8)
-  run = lambda x, y: attacks.pgd(logits_fn, x, y, key=KEY, eps=0.1, step_size=0.03,
-                                 num_steps=2)
-  np.testing.assert_allclose(jax.jit(run)(x, y), run(x, y), atol=1e-6)
+  run = lambda x, y: attacks.pgd(logits_fn, x, y, key=KEY, eps=0.5, step_size=0.15,
+                                 num_steps=2, norm="l2")
+  np.testing.assert_allclose(jax.jit(run)(x, y), run(x, y), atol=1e-5)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -165,6 +197,7 @@ def test_pgd_is_jittable_and_equals_eager(wrn):
     (dict(loss="hinge"), "Unknown attack loss 'hinge'"),
     (dict(init="zeros"), "Unknown init 'zeros'"),
     (dict(x=2.0 * helpers.images(7, 4)), r"x must lie in \[0, 1\]"),
+    (dict(x=helpers.images(7, 4).at[2, 3, 3, 0].set(jnp.nan)), r"x must lie in \[0, 1\]"),
     (dict(x=(255 * helpers.images(7, 4)).astype(jnp.uint8)), "must be floating point"),
     (dict(y=jnp.array([0, 1, 2, 10])), r"y must lie in \[0, 9\]"),
     (dict(y=jnp.array([0, 1, 2])), r"y must have shape \(4,\)"),

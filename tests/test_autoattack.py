@@ -302,3 +302,13 @@ def test_bad_arguments_say_what_to_do(trained_mlp, test_points):
     attacks.fab_targeted(trained_mlp, x, None, eps=0.1)
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     attacks.square(trained_mlp, x * 2, y, key=KEY, eps=0.1)
+
+
+@pytest.mark.filterwarnings("ignore::robustwidth.attacks.checks.EvaluationWarning")
+def test_a_model_with_non_finite_logits_is_refused(test_points):
+  # NaN logits argmax to class 0: with labels 0 the cascade reported 100% robust accuracy.
+  x, y = test_points[0][:8], jnp.zeros(8, jnp.int32)
+  def diverged(x):
+    return jnp.full((x.shape[0], 10), jnp.nan)
+  with pytest.raises(ValueError, match="clean examples hold NaN or infinite values for 8 of 8"):
+    attacks.autoattack(diverged, x, y, key=KEY, eps=0.1, version="custom", attacks=["pgd-2"])

@@ -4,6 +4,7 @@ import importlib.util
 import io
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,16 @@ print(split.images.sum(dtype="int64"), split.labels.sum())
     with pytest.raises(ValueError, match="pass another --data_dir"):
       cifar.prepare(name, str(tmp_path / f"{name}-generated.tar.gz"), data_dir=tfrecord_dir)
 
+    # A damaged shard names the data and the way out, instead of array_record's exception.
+    damaged_dir = str(tmp_path / "damaged")
+    shutil.copytree(data_dir, damaged_dir)
+    shard = next(p for p in pathlib.Path(damaged_dir).rglob("*test.array_record*"))
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 4:] = b"\xff" * (len(content) - len(content) // 4)
+    shard.write_bytes(bytes(content))
+    with pytest.raises(cifar.DatasetCorruptError, match="files are damaged. Prepare it again"):
+      data.load(name, "test", data_dir=damaged_dir)
+
 
 @needs_tensorflow
 def test_prepare_rejects_an_archive_that_is_not_the_official_one(tmp_path):
@@ -227,19 +238,23 @@ def test_train_batch_larger_than_split_or_not_divisible_is_refused():
                             process_count=4))
 
 
-@pytest.mark.parametrize("count,process_count", [(50, 1), (50, 2), (48, 4), (3, 4)])
-def test_eval_batches_cover_the_split_once(count, process_count):
+@pytest.mark.parametrize("count,process_count,padded", [
+    (50, 1, None), (50, 2, None), (48, 4, None), (3, 4, None), (50, 2, 12), (21, 4, 16)])
+def test_eval_batches_cover_the_split_once(count, process_count, padded):
+  # padded: each batch of 8 examples padded to a device multiple (12 for 6 devices, 16).
   split, batch = _indexed_split(count), 8
-  hosts = [list(data.eval_batches(split, global_batch=batch, process_index=p,
-                                  process_count=process_count)) for p in range(process_count)]
+  rows = padded or batch
+  hosts = [list(data.eval_batches(split, global_batch=batch, padded_batch=padded,
+                                  process_index=p, process_count=process_count))
+           for p in range(process_count)]
   assert len({len(h) for h in hosts}) == 1 and len(hosts[0]) == -(-count // batch)
   seen = []
   for step in range(len(hosts[0])):
     labels = np.concatenate([h[step]["label"] for h in hosts])
     mask = np.concatenate([h[step]["mask"] for h in hosts])
-    assert labels.shape == mask.shape == (batch,) and mask.dtype == bool
-    positions = np.arange(step * batch, (step + 1) * batch)
-    np.testing.assert_array_equal(mask, positions < count)
+    assert labels.shape == mask.shape == (rows,) and mask.dtype == bool
+    positions = np.arange(step * batch, step * batch + rows)
+    np.testing.assert_array_equal(mask, (positions < count) & (positions < (step + 1) * batch))
     np.testing.assert_array_equal(labels[mask], positions[mask])
     seen.append(labels[mask])
   np.testing.assert_array_equal(np.concatenate(seen), np.arange(count))
@@ -297,3 +312,28 @@ def test_random_crop_flip_does_not_depend_on_sharding():
   sharded = jax.device_put(images, NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data")))
   np.testing.assert_array_equal(augment_fn(key, sharded, crop_padding=4, flip=True),
                                 augment.random_crop_flip(key, images, crop_padding=4, flip=True))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_images_with_nan_or_inf_are_refused(bad):
+  # NaN passed the range check before (NaN < 0 is False).
+  images = np.full((3, 2, 2, 1), 0.5, np.float32)
+  images[1, 0, 1, 0] = bad
+  with pytest.raises(ValueError, match="must lie in \\[0, 1\\]"):
+    data.Split(images, np.zeros(3, np.int32), num_classes=10)
+
+
+def test_an_empty_truncated_or_nan_extra_file_is_named(tmp_path):
+  digits = data.load("digits", "train")
+  good = tmp_path / "good.npz"
+  np.savez(good, images=digits.images[:40], labels=digits.labels[:40])
+  (tmp_path / "empty.npz").write_bytes(b"")
+  (tmp_path / "truncated.npz").write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+  for name in ("empty", "truncated"):
+    with pytest.raises(ValueError, match=f"{name}.npz' cannot be read .* empty or truncated"):
+      data.load_extra(str(tmp_path / f"{name}.npz"), digits)
+  images = digits.images[:40].copy()
+  images[3, 2, 2, 0] = np.nan
+  np.savez(tmp_path / "nan.npz", images=images, labels=digits.labels[:40])
+  with pytest.raises(ValueError, match="nan.npz: float32 images must lie in"):
+    data.load_extra(str(tmp_path / "nan.npz"), digits)

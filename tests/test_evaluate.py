@@ -35,3 +35,19 @@ def test_record_has_the_robustbench_fields(run_dir):
 def test_bad_example_counts_are_refused(run_dir):
   with pytest.raises(ValueError, match="n_examples"):
     evaluate.evaluate(str(run_dir), evaluations=["pgd-2"], n_examples=10_000)
+
+
+def test_paths_are_checked_before_any_attack_runs(run_dir, tmp_path):
+  # A missing --output directory lost a whole evaluation at the end; a mistyped --workdir
+  # created <typo>/checkpoints.
+  evaluate.check_paths(str(run_dir), str(tmp_path / "evaluation.json"))
+  with pytest.raises(FileNotFoundError, match="--output .*missing/evaluation.json: the "
+                     "directory .*missing does not exist"):
+    evaluate.check_paths(str(run_dir), str(tmp_path / "missing" / "evaluation.json"))
+  with pytest.raises(PermissionError, match="cannot be written"):
+    evaluate.check_paths(str(run_dir), str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="--workdir .*typo is not a directory"):
+    evaluate.check_paths(str(tmp_path / "typo"), str(tmp_path / "evaluation.json"))
+  with pytest.raises(FileNotFoundError, match="no run directory"):
+    train.restore_model(str(tmp_path / "typo"))
+  assert not (tmp_path / "typo").exists()

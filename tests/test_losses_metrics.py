@@ -119,3 +119,22 @@ def test_bounds_of_the_decomposition():
 def test_empty_evaluation_is_an_error():
   with pytest.raises(ValueError, match="empty"):
     metrics.fractions({"count": 0, "correct": 0, "robust": 0, "stable": 0})
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(labels=np.zeros((6, 1), np.int64)), r"labels must have shape \(6,\)"),
+    (dict(labels=np.array([0, 1, 2, 3, 4, 1])), r"labels must lie in \[0, 3\]"),
+    (dict(labels=np.array([0, 1, -1, 3, 2, 1])), r"labels must lie in \[0, 3\]"),
+    (dict(adv=np.zeros((5, 4), np.float32)), "both of one shape"),
+    (dict(nat=np.zeros((6,), np.float32)), r"must be \[B, K\] logits"),
+    (dict(nat=np.full((6, 4), np.nan, np.float32)), "logits_nat hold NaN or infinite"),
+    (dict(adv=np.where(np.arange(4) == 2, np.inf, 0.0)[None].repeat(6, 0)),
+     "logits_adv hold NaN or infinite values for 6 of 6"),
+])
+def test_robustness_refuses_what_would_give_a_wrong_fraction(change, message):
+  # Labels [B, 1] broadcast against [B] predictions (accuracy 2.0 before the check); NaN
+  # logits argmax to class 0.
+  nat, adv, y = _random_logits(4, 6)
+  args = {"nat": nat, "adv": adv, "labels": y, **change}
+  with pytest.raises(ValueError, match=message):
+    metrics.robustness(args["nat"], args["adv"], args["labels"])

@@ -1,8 +1,13 @@
 """The width study's pieces: sweep expansion, the report on generated run records, extra-data
 mixing, and cost estimates."""
+import importlib
 import itertools
 import json
 import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +15,10 @@ import pytest
 from configs import cifar10_width_study, default, smoke
 from robustwidth import config as config_lib
 from robustwidth import data, train
-from robustwidth.studies import cost, report, sweep
+from robustwidth.checkpoint import CheckpointError
+from robustwidth.studies import cost, ntk_width, report, sweep, width
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_sweep_expands_the_grid_then_war_rows_after_their_reference():
@@ -169,3 +177,91 @@ def test_cifar_study_config_describes_the_paper_grid():
   static = [run for _, run in runs if run.war.rule == "static"]
   assert [round(config_lib.war_rule(r).initial_beta(), 1) for r in static] == [
       13.4, 19.0, 23.2, 26.8]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("betas", (6.0, -1.0), "config.sweep.betas = (6.0, -1.0) is not allowed: each value must be "
+     "a number >= 0"),
+    ("widths", (1, 1.5), "config.sweep.widths = (1, 1.5) is not allowed: each value must be an "
+     "integer >= 1"),
+    ("widths", (1, 2, 1), "each value may appear once"),
+    ("seeds", (0, -1), "config.sweep.seeds = (0, -1) is not allowed"),
+    ("betas", (6.0, float("inf")), "it must be finite"),
+])
+def test_the_whole_grid_is_validated_before_the_first_run(key, value, message, monkeypatch,
+                                                           tmp_path):
+  # (6, -1) trained the β = 6 runs, then failed; (1, 1.5) ran width 1 twice.
+  started = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda c, d: started.append(d))
+  study = default.get_config()
+  study.sweep[key] = value
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    width.run(study, str(tmp_path))
+  assert not started
+
+
+def _tiny_study():
+  """A width study of one-epoch standard-trained MLPs: about a second per run."""
+  study = smoke.get_config()
+  study.job = "width_study"
+  study.model.family, study.model.depth, study.model.base_channels = "mlp", 1, 4
+  study.train.method, study.train.epochs, study.train.batch_size = "standard", 1, 256
+  study.eval.num_steps, study.eval.batch_size = 1, 360
+  study.sweep.widths, study.sweep.seeds, study.sweep.betas = (1,), (0,), (6.0,)
+  return study
+
+
+def test_an_extended_study_trains_only_its_new_runs(monkeypatch, tmp_path):
+  # Each run's config embedded the whole sweep section, so an extended grid made every
+  # finished run "a finished run with a different configuration".
+  monkeypatch.setattr(report, "write", lambda workdir: os.path.join(workdir, "report.md"))
+  trained = []
+  run_class = train._Run
+  monkeypatch.setattr(train, "_Run", lambda config, workdir: (
+      trained.append(os.path.basename(workdir)), run_class(config, workdir))[1])
+  study = _tiny_study()
+  width.run(study, str(tmp_path))
+  assert trained == ["w1_b6_s0_fixed"]
+  first = json.loads((tmp_path / "w1_b6_s0_fixed" / "record.json").read_text())
+  study.sweep.widths, study.sweep.seeds = (1, 2), (0, 1)
+  width.run(study, str(tmp_path))
+  assert trained[1:] == ["w2_b6_s0_fixed", "w1_b6_s1_fixed", "w2_b6_s1_fixed"]
+  assert json.loads((tmp_path / "w1_b6_s0_fixed" / "record.json").read_text()) == first
+  study.train.lr = 0.1  # A real change of every run is refused, naming the key.
+  with pytest.raises(CheckpointError, match=re.escape(
+      "(config.train.lr: record 0.05, now 0.1)")):
+    width.run(study, str(tmp_path))
+
+
+CONFIGS = {"cifar10_trades": None, "cifar100_trades": None, "cifar10_width_study": None,
+           "cifar100_width_study": None, "cifar10_war_extra": "extra=/data/extra.npz",
+           "default": None, "smoke": None, "ntk_width": None}
+
+
+@pytest.mark.parametrize("devices", [1, 8, 16])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_shipped_config_validates_on_1_8_and_16_devices(name, devices):
+  # eval.batch_size had to divide the device count: 500, 360 and 200 failed on 16 devices.
+  config = importlib.import_module(f"configs.{name}").get_config(CONFIGS[name])
+  if config.job == "width_study":
+    runs = sweep.validated_runs(config, "runs/study", devices)
+    assert len(runs) == len(sweep.expand(config, "runs/study"))
+  elif config.job == "ntk_width":
+    for family in config.ntk_width.trained_families:
+      config_lib.validate(ntk_width._train_config(config, family, 1, "standard"), devices)
+  else:
+    config_lib.validate(config, devices)
+  assert config_lib.eval_padded_batch(config, devices) % devices == 0
+
+
+def test_print_commands_validates_for_the_device_count_given(tmp_path):
+  # It validated for one device whatever the cluster: a 48-device launch failed at start-up.
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.sweep", "--config", "configs/default.py", "--workdir",
+       str(tmp_path), "--print_commands", "--device_count=48"], cwd=REPO,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
+      "ConfigError: config.train.batch_size = 128 is not allowed: the global batch is split "
+      "evenly over the 48 devices")
+  runs = sweep.validated_runs(default.get_config(), str(tmp_path), 16)
+  assert len(runs) == 18

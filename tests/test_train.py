@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
+from configs import ntk_width, smoke
+from launch import cli
 from robustwidth import config as config_lib
 from robustwidth import train
 from robustwidth.checkpoint import CheckpointError
@@ -54,6 +56,8 @@ def _params(workdir):
   return jax.device_get(train.restore_model(str(workdir), which="latest")[1])
 
 
+# Record fields that measure time, which no two runs share.
+TIMES = ("train_time_s", "wall_time_s", "compile_time_s", "images_per_s")
 EVAL_KEYS = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "correct",
              "robust", "stable", "lipschitz_probe", "war_ratio", "best_step", "beta")
 
@@ -91,16 +95,25 @@ def test_smoke_run_writes_its_outputs_and_a_finished_run_is_reused(baseline):
   assert time.time() - start < 60
 
 
+def _metrics_lines(workdir) -> list[dict]:
+  return [json.loads(line) for line in open(pathlib.Path(workdir) / "metrics.jsonl")]
+
+
 def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
+  # Killed in the last epoch just after a mid-epoch checkpoint, while it goes on training:
+  # everything the run records equals the uninterrupted run's (times aside), the last
+  # epoch's train means (the record's train_lipschitz_probe, which covered only the steps
+  # after resuming) and every line of metrics.jsonl included: none replayed twice, none lost.
   reference, _ = baseline
   workdir = tmp_path / "killed"
   process = subprocess.Popen(_command(workdir, TRADES), cwd=REPO, env=_env(2),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first_checkpoint = workdir / "checkpoints" / "5"
+  checkpoint = workdir / "checkpoints" / "30"  # Step 8 of the second and last epoch.
   deadline = time.time() + 300
-  while not first_checkpoint.exists():
-    assert process.poll() is None and time.time() < deadline, "run ended before step 5"
+  while not checkpoint.exists():
+    assert process.poll() is None and time.time() < deadline, "run ended before the kill"
     time.sleep(0.01)
+  time.sleep(0.2)
   os.kill(process.pid, signal.SIGKILL)
   process.wait()
   latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
@@ -108,7 +121,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
   resumed = _launch(workdir)
   assert f"Resuming {workdir} from step {latest}" in resumed.stdout
   expected, got = _record(reference), _record(workdir)
-  assert {k: got[k] for k in EVAL_KEYS} == {k: expected[k] for k in EVAL_KEYS}
+  assert set(got) == set(expected)
+  assert {k: v for k, v in got.items() if k not in TIMES} == {
+      k: v for k, v in expected.items() if k not in TIMES}
+  assert _metrics_lines(workdir) == _metrics_lines(reference)
   chex.assert_trees_all_equal(_params(workdir), _params(reference))
 
 
@@ -128,6 +144,33 @@ def test_two_processes_through_jax_distributed_match_one_process(baseline, tmp_p
   for key in EVAL_KEYS:
     assert got[key] == pytest.approx(expected[key], rel=1e-6), key
   chex.assert_trees_all_close(_params(workdir), _params(reference), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,arguments", [
+    ("local", ["2"]), ("host", ["10.0.0.1:1234", "2", "0"]), ("slurm", []),
+    ("tpu", ["my-tpu", "us-central2-b"])])
+def test_multihost_passes_every_argument_through_unsplit_and_unexpanded(mode, arguments,
+                                                                         tmp_path):
+  # The tpu mode's remote command left the workdir and flags unquoted: a space split the
+  # workdir and `$(...)` ran on the hosts.
+  marker = tmp_path / "ran"
+  workdir = f"{tmp_path}/my runs/$(touch {marker})"
+  flag = f"--config.data.extra_path={tmp_path}/it's here"
+  result = subprocess.run(["bash", "launch/multihost.sh", mode, *arguments, "configs/smoke.py",
+                           workdir, flag], cwd=REPO, env={**os.environ, "DRY_RUN": "1"},
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  commands = [shlex.split(line) for line in result.stdout.splitlines()]
+  assert len(commands) == (2 if mode == "local" else 1)
+  for command in commands:
+    if mode == "tpu":
+      remote = command[command.index("--command") + 1]
+      assert remote.startswith("cd ~/robustwidth && ")
+      command = shlex.split(remote.removeprefix("cd ~/robustwidth && "))
+    main = command[command.index("launch.main") + 1:]
+    assert main[:4] == ["--config", "configs/smoke.py", "--workdir", workdir]
+    assert main[-1] == flag and "--distributed" in main
+  assert not marker.exists()
 
 
 def test_eight_devices_train_what_one_device_trains(tmp_path):
@@ -163,15 +206,27 @@ def test_a_corrupt_checkpoint_stops_with_a_clear_error_and_nothing_is_lost(basel
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(b"\0" * 16)
   before = sorted(str(p) for p in workdir.rglob("*"))
-  with pytest.raises(CheckpointError, match="nothing was deleted"):
+  with pytest.raises(CheckpointError, match="Move that step's directory out of the checkpoints "
+                     "directory and run again: the run resumes exactly from the checkpoint "
+                     "before it .* nothing was deleted"):
     train.train_and_evaluate(_baseline_config(), str(workdir))
   assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+
+def test_a_damaged_record_is_named_with_what_to_do(baseline, tmp_path):
+  workdir = tmp_path / "damaged"
+  shutil.copytree(baseline[0], workdir)
+  (workdir / "record.json").write_text('{"width": 1, "conf')
+  with pytest.raises(CheckpointError, match="record.json is damaged .* Move it aside and run "
+                     "again: the run's final checkpoint writes it anew without training"):
+    train.train_and_evaluate(_baseline_config(), str(workdir))
 
 
 def test_a_checkpoint_of_another_configuration_is_refused(baseline, tmp_path):
   config = _baseline_config()
   config.train.lr = 0.2
-  with pytest.raises(CheckpointError, match="finished run with a different configuration"):
+  with pytest.raises(CheckpointError, match=r"finished run with a different configuration "
+                     r"\(config.train.lr: record 0.05, now 0.2\)"):
     train.train_and_evaluate(config, str(baseline[0]))
   workdir = _copy_without_record(baseline[0], tmp_path / "other")
   with pytest.raises(CheckpointError, match=r"config.train.lr: checkpoint 0.05, now 0.2"):
@@ -190,15 +245,20 @@ def test_a_missing_data_set_names_the_prepare_command(tmp_path):
     ("model.width", 0, "config.model.width = 0 is not allowed: it must be an integer >= 1"),
     ("attack.eps", -0.1, "config.attack.eps = -0.1 is not allowed: it must be >= 0"),
     ("train.schedule", "step", "use one of ('multistep', 'halving', 'cosine', 'constant')"),
-    ("train.batch_size", 60, "it must be divisible by the 8 devices"),
+    ("train.batch_size", 60, "the global batch is split evenly over the 8 devices, so it must "
+     "be a multiple of 8"),
     ("model.depth", 12, "a WideResNet depth is 6n + 4"),
     ("train.method", "mart", "use one of ('standard', 'pgd_at', 'trades')"),
     ("war.rule", "adaptive", "needs reference_ratio > 0"),
+    ("train.lr", float("inf"), "config.train.lr = inf is not allowed: it must be finite"),
+    ("train.beta", float("inf"), "config.train.beta = inf is not allowed: it must be finite"),
+    ("war.beta_max", float("nan"), "config.war.beta_max = nan is not allowed: it must be finite"),
+    ("seed", -1, "config.seed = -1 is not allowed: it must be an integer >= 0"),
 ])
 def test_invalid_values_fail_at_start_up(key, value, message):
   config = smoke.get_config()
-  section, name = key.split(".")
-  config[section][name] = value
+  *section, name = key.split(".")
+  (config[section[0]] if section else config)[name] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
     config_lib.validate(config, device_count=jax.device_count())
 
@@ -218,3 +278,114 @@ def test_config_file_arguments_are_parsed_and_checked():
   assert smoke.get_config("width=3,epochs=1").model.width == 3
   with pytest.raises(config_lib.ConfigError, match="is not one of"):
     smoke.get_config("depth=3")
+
+
+def test_config_file_arguments_are_parsed_by_type():
+  # bool("false") is True: quick=false turned quick mode on; int(1.5) gave width 1.
+  full_study = ("mlp", "cnn", "wide_resnet")
+  for text in ("false", "False", "FALSE"):
+    assert ntk_width.get_config(f"quick={text}").ntk_width.families == full_study
+  assert ntk_width.get_config("quick=true").ntk_width.families == ("mlp",)
+  assert ntk_width.get_config("seeds=3").ntk_width.init_seeds == 3
+  for bad, kind in (("width=1.5", "int"), ("epochs=2.9", "int"), ("width=wide", "int"),
+                    ("width=True", "int")):
+    with pytest.raises(config_lib.ConfigError, match=f"{bad.replace('=', '=.')}. is not a "
+                       f"{kind} like its default"):
+      smoke.get_config(bad)
+  with pytest.raises(config_lib.ConfigError, match="is not a bool"):
+    ntk_width.get_config("quick=yes")
+  assert config_lib.parse_arg("beta=9", beta=6.0).beta == 9.0  # An int where a float goes.
+
+
+def _digits_run(**changes):
+  """One epoch of standard training of the smoke WRN: a few seconds."""
+  config = smoke.get_config("epochs=1")
+  config.train.method = "standard"
+  for key, value in changes.items():
+    section, name = key.split("__")
+    config[section][name] = value
+  return config
+
+
+def test_a_diverged_run_stops_at_the_step_it_diverged_and_writes_no_record(tmp_path):
+  # lr = 1e4 trained to NaN and recorded natural 10% / robust 10% / stability 100%.
+  workdir = tmp_path / "diverged"
+  with pytest.raises(train.NonFiniteError) as error:
+    train.train_and_evaluate(_digits_run(train__lr=1e4), str(workdir))
+  message = str(error.value)
+  step = int(re.match(r"Training step (\d+) produced NaN or infinite ", message).group(1))
+  assert "Try a lower config.train.lr" in message
+  assert not (workdir / "record.json").exists()
+  logged = [e for e in _metrics_lines(workdir) if e["kind"] == "step"]
+  # Every step before it was logged, and finite; the diverged one never is.
+  assert [e["step"] for e in logged] == list(range(1, step))
+  assert all(np.isfinite(e["loss"]) for e in logged)
+
+
+def test_a_second_writer_of_a_workdir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+  workdir = tmp_path / "busy"
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\nfrom robustwidth import train\n"
+       f"with train._exclusive({str(workdir)!r}):\n  print('locked', flush=True)\n"
+       "  time.sleep(600)"], cwd=REPO, env=_env(1), stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(train.WorkdirBusyError, match="being written by another run .* use "
+                       "another --workdir"):
+      train.train_and_evaluate(_digits_run(), str(workdir))
+    assert os.listdir(workdir) == ["lock"]  # Refused before it wrote anything.
+  finally:
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+  with train._exclusive(str(workdir)):  # The OS released the killed holder's lock.
+    pass
+
+
+def test_eval_batches_are_padded_for_8_and_16_devices(tmp_path):
+  # eval.batch_size 100 on 8 and 16 devices (padded to 104 and 112; it had to divide the
+  # device count): every test example is counted once, and 16 devices train what 8 train.
+  # A one-layer MLP and one PGD step keep both runs to seconds.
+  changes = {"train__method": "standard", "train__batch_size": 256, "model__family": "mlp",
+             "model__depth": 1, "model__base_channels": 4, "eval__num_steps": 1,
+             "eval__batch_size": 100}
+  eight = train.train_and_evaluate(_digits_run(**changes), str(tmp_path / "eight"))
+  command = _command(tmp_path / "sixteen", [f"{k.replace('__', '.')}={v}"
+                                            for k, v in changes.items()])
+  command[command.index("configs/smoke.py")] = "configs/smoke.py:epochs=1"
+  result = subprocess.run(command, cwd=REPO, env=_env(16), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  sixteen = _record(tmp_path / "sixteen")
+  assert eight["count"] == sixteen["count"] == 360
+  assert sixteen["natural_accuracy"] == pytest.approx(eight["natural_accuracy"], abs=1 / 360)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("seed", -1, "config.seed = -1 is not allowed: it must be an integer >= 0"),
+    ("train.batch_size", 0, "config.train.batch_size = 0 is not allowed"),
+])
+def test_user_errors_are_one_line_and_the_traceback_is_behind_a_variable(key, value, message,
+                                                                          monkeypatch):
+  def main(argv):
+    config = smoke.get_config()
+    *section, name = key.split(".")
+    (config[section[0]] if section else config)[name] = value
+    config_lib.validate(config)
+
+  with pytest.raises(SystemExit) as stopped:
+    cli._one_line_errors(main, ["launch.main"])
+  line = str(stopped.value)
+  assert line.startswith(f"ConfigError: {message}") and "\n" not in line
+  assert line.endswith("(set ROBUSTWIDTH_DEBUG=1 for the traceback)")
+  monkeypatch.setenv("ROBUSTWIDTH_DEBUG", "1")
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    cli._one_line_errors(main, ["launch.main"])
+
+
+def test_the_launcher_prints_a_user_error_as_one_line(tmp_path):
+  result = subprocess.run(_command(tmp_path / "run", ("seed=-1",)), cwd=REPO, env=_env(1),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "ConfigError: config.seed = -1 is not allowed: it must be an integer >= 0. "
+      "(set ROBUSTWIDTH_DEBUG=1 for the traceback)")

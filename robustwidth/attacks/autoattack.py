@@ -89,8 +89,8 @@ _run_attack_jit = jax.jit(_run_attack, static_argnames=("name", "norm", "num_cla
 
 
 @jax.jit
-def _predict(fn, x):
-  return jnp.argmax(fn(x), -1)
+def _logits(fn, x):
+  return fn(x)
 
 
 def _padded_size(count: int, batch_size: int) -> int:
@@ -166,7 +166,9 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
   all_rows = np.arange(len(x))
   robust = np.zeros(len(x), bool)
   for rows, count in _chunks(all_rows, batch_size):
-    robust[rows[:count]] = np.asarray(_predict(fn, x[rows]))[:count] == y[rows[:count]]
+    logits = np.asarray(_logits(fn, x[rows]))[:count]
+    validation.check_finite_logits(logits, "logits_fn's logits of the clean examples")
+    robust[rows[:count]] = logits.argmax(-1) == y[rows[:count]]
   x_adv = x.copy()
   accuracy_after = {"clean": float(robust.mean())}
   seconds = {}
@@ -189,7 +191,10 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
   counts = None
   for rows, count in _chunks(all_rows, batch_size):
     mask = jnp.asarray(np.arange(len(rows)) < count)
-    batch_counts = metrics.robustness_counts(fn(x[rows]), fn(x_adv[rows]), jnp.asarray(y[rows]),
+    logits_adv = fn(x_adv[rows])
+    validation.check_finite_logits(logits_adv[:count],
+                                   "logits_fn's logits of the adversarial examples")
+    batch_counts = metrics.robustness_counts(fn(x[rows]), logits_adv, jnp.asarray(y[rows]),
                                              mask)
     counts = metrics.add_counts(counts, batch_counts)
   summary = metrics.fractions(counts)

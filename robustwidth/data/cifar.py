@@ -30,6 +30,10 @@ class DatasetNotFoundError(FileNotFoundError):
   """A CIFAR data set has not been prepared in the data directory."""
 
 
+class DatasetCorruptError(ValueError):
+  """A prepared CIFAR data set whose files cannot be read."""
+
+
 def prepare_command(name: str, data_dir: str | None = None) -> str:
   command = f"python -m launch.prepare_data {name} --archive PATH/{ARCHIVES[name]}"
   return command + (f" --data_dir {data_dir}" if data_dir else "")
@@ -67,12 +71,18 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> Split:
   labels = np.empty(count, np.int32)
   index = np.empty(count, np.int64)
   prefix = len(split) + 1  # ids are "train_00042", "test_00007"
-  for start in range(0, count, _READ_BATCH):
-    keys = list(range(start, min(start + _READ_BATCH, count)))
-    for row, example in zip(keys, source.__getitems__(keys)):  # one batched read
-      images[row] = example["image"]
-      labels[row] = example["label"]
-      index[row] = int(example["id"][prefix:])
+  try:
+    for start in range(0, count, _READ_BATCH):
+      keys = list(range(start, min(start + _READ_BATCH, count)))
+      for row, example in zip(keys, source.__getitems__(keys)):  # one batched read
+        images[row] = example["image"]
+        labels[row] = example["label"]
+        index[row] = int(example["id"][prefix:])
+  except Exception as error:  # array_record and the decoders raise many types.
+    raise DatasetCorruptError(
+        f"Reading the {split} split of {name} from {builder.data_path} failed "
+        f"({type(error).__name__}: {error}): its files are damaged. Prepare it again in a new "
+        f"directory:\n  {prepare_command(name, 'NEW_DIR')}") from error
   order = np.argsort(index)
   return Split(images[order], labels[order], num_classes=_NUM_CLASSES[name])
 

@@ -10,6 +10,7 @@ only its own.
 """
 import dataclasses
 import functools
+import zipfile
 from typing import Iterator
 
 import numpy as np
@@ -27,9 +28,10 @@ class Split:
     if self.labels.shape != (self.images.shape[0],):
       raise ValueError(f"labels must be [N] = [{self.images.shape[0]}], "
                        f"got {self.labels.shape}.")
-    if self.images.dtype == np.float32 and self.images.size and (
-        self.images.min() < 0 or self.images.max() > 1):
-      raise ValueError("float32 images must lie in [0, 1].")
+    if self.images.dtype == np.float32 and self.images.size and not (
+        self.images.min() >= 0 and self.images.max() <= 1):  # NaN fails both comparisons.
+      raise ValueError("float32 images must lie in [0, 1] (NaN and infinite values are "
+                       "refused too).")
     if self.images.dtype not in (np.uint8, np.float32):
       raise ValueError(f"images must be uint8 or float32, got {self.images.dtype}.")
     if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
@@ -116,23 +118,29 @@ def load_extra(path: str, like: Split) -> Split:
   """Extra training data from an .npz file with `images` [N, H, W, C] (uint8, or float32 in
   [0, 1]) and `labels` [N] matching the primary split's image shape and classes."""
   try:
-    arrays = np.load(path)
-    images, labels = arrays["images"], arrays["labels"].astype(np.int32)
-  except (OSError, KeyError, ValueError) as error:
+    with np.load(path) as arrays:
+      images, labels = arrays["images"], arrays["labels"].astype(np.int32)
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
     raise ValueError(f"config.data.extra_path = {path!r} cannot be read as an .npz file with "
-                     f"arrays 'images' and 'labels' ({error}).") from error
+                     f"arrays 'images' and 'labels' ({type(error).__name__}: {error}); it may "
+                     "be empty or truncated: write it again with numpy.savez.") from error
   if images.shape[1:] != like.images.shape[1:]:
     raise ValueError(f"The extra images in {path} have shape {images.shape[1:]}, the data set "
                      f"{like.images.shape[1:]}.")
-  return Split(images, labels, like.num_classes)
+  try:
+    return Split(images, labels, like.num_classes)
+  except ValueError as error:
+    raise ValueError(f"The extra data in {path}: {error}") from error
 
 
-def eval_batches(split: Split, *, global_batch: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
-  """This host's part of the whole split in order, the last batch padded (mask False)."""
-  rows = _host_slice(global_batch, process_index, process_count)
+def eval_batches(split: Split, *, global_batch: int, padded_batch: int | None = None,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """This host's part of the whole split in order, `global_batch` examples a batch, each
+  batch padded (mask False) to `padded_batch` rows (default: the last batch only)."""
+  padded_batch = padded_batch or global_batch
+  rows = _host_slice(padded_batch, process_index, process_count)
   for start in range(0, len(split), global_batch):
-    index = np.arange(start, start + global_batch)[rows]
-    valid = index < len(split)
+    index = np.arange(start, start + padded_batch)[rows]
+    valid = index < min(start + global_batch, len(split))
     index = np.where(valid, index, 0)
     yield {"image": to_float(split.images[index]), "label": split.labels[index], "mask": valid}

@@ -6,6 +6,8 @@ import os
 
 import ml_collections
 
+from robustwidth import config as config_lib
+
 
 def run_name(config: ml_collections.ConfigDict) -> str:
   """A run's directory name, e.g. `w4_b6_s0_fixed`."""
@@ -43,3 +45,18 @@ def _point(study: ml_collections.ConfigDict, *, width: int, beta: float, seed: i
   run.seed = int(seed)
   run.war.rule = rule
   return run
+
+
+def validated_runs(study: ml_collections.ConfigDict, workdir: str, device_count: int
+                   ) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """`expand`, after validating the study and every run of its grid for `device_count`
+  devices: a bad grid value fails before the first run starts, not when its run comes."""
+  config_lib.validate(study, device_count)
+  runs = expand(study, workdir)
+  for run_dir, run in runs:
+    try:
+      config_lib.validate(run, device_count)
+    except config_lib.ConfigError as error:
+      raise config_lib.ConfigError(f"Run {os.path.basename(run_dir)} of the grid: {error}"
+                                   ) from None
+  return runs

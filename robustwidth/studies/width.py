@@ -11,8 +11,7 @@ from robustwidth.studies import report, sweep
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  config_lib.validate(config, jax.device_count())
-  runs = sweep.expand(config, workdir)
+  runs = sweep.validated_runs(config, workdir, jax.device_count())
   for index, (run_dir, run_config) in enumerate(runs):
     if jax.process_index() == 0:
       print(f"[{index + 1}/{len(runs)}] {os.path.basename(run_dir)}", flush=True)
