@@ -186,7 +186,8 @@ def test_fashion_mnist_idx_files_load_exactly(tmp_path):
      r"holds 18811 bytes of data; its header \(24, 28, 28\) says 18816 \(truncated"),
     ("train-images-idx3-ubyte.gz", helpers.idx_bytes(np.zeros((24, 32, 32)), 0x803),
      r"holds \(32, 32\) images, not 28×28"),
-    ("train-labels-idx1-ubyte.gz", helpers.idx_bytes(np.zeros(23), 0x801), "24 images but .* 23 labels"),
+    ("train-labels-idx1-ubyte.gz", helpers.idx_bytes(np.zeros(23), 0x801),
+     "24 images but .* 23 labels"),
     ("train-labels-idx1-ubyte.gz", helpers.idx_bytes(np.full(24, 10), 0x801), "holds label 10"),
     ("train-labels-idx1-ubyte.gz", b"", "magic number None"),
 ])
@@ -228,7 +229,7 @@ def test_fashion_mnist_prepared_by_tfds_loads_in_the_official_order(tmp_path):
 from unittest import mock
 from tensorflow_datasets.image_classification import mnist
 from robustwidth.data import tfds_files
-with mock.patch.object(mnist, "_TRAIN_EXAMPLES", 40), mock.patch.object(mnist, "_TEST_EXAMPLES", 20):
+with mock.patch.multiple(mnist, _TRAIN_EXAMPLES=40, _TEST_EXAMPLES=20):
   tfds_files.prepare_offline("fashion_mnist", {files!r}, data_dir={tfds_dir!r},
                              verify_checksum=False)
 """

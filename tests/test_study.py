@@ -88,10 +88,11 @@ def test_report_tables_verdict_and_records(study_dir):
   text = open(path).read()
   assert "**The paper's trend appears**" in text
   assert "stability peaks at width 2 (93.0%) and falls to 80.0% at width 8" in text
-  assert "| 4 | 1,600 | 2 | 95.05% ± 0.07% | 81.70% ± 0.00% | 85.95% ± 0.07% |" in text
+  # mean ± standard error over the two seeds (std / √2)
+  assert "| 4 | 1,600 | 2 | 95.05% ± 0.05% | 81.70% ± 0.00% | 85.95% ± 0.05% |" in text
   assert ("static WAR (β0 = 6, γ = 0.5) against the fixed β: width 2: β 8.49, robust -0.0% "
           "(n.s.), stability +1.0%, natural -1.0%; width 4: β 12, robust +3.9%") in text
-  assert "| 8 | — (one β) | 17 |" in text  # β per width: static λ = 6·√8.
+  assert "| 8 | — (one β) | 17: " in text  # β per width: static λ = 6·√8.
   assert "static WAR: 6 runs, 0.280 compute-hours" in text
   lines = open(study_dir / "results.jsonl").read().splitlines()
   assert len(lines) == 14 and all("config" not in json.loads(line) for line in lines)
@@ -206,9 +207,9 @@ def _tiny_fashion_study(data_dir):
   study.model.base_channels = 4
   study.sweep.widths, study.sweep.betas, study.sweep.seeds = (1, 2), (1.0, 4.0), (0, 1)
   study.sweep.war_betas = (1.0,)
-  study.train.epochs, study.train.batch_size, study.train.lr = 3, 32, 0.1
+  study.train.epochs, study.train.batch_size, study.train.lr = 2, 32, 0.1
   study.train.attack_steps = 2
-  study.eval.every_epochs, study.eval.num_steps, study.eval.batch_size = 3, 3, 64
+  study.eval.every_epochs, study.eval.num_steps, study.eval.batch_size = 2, 3, 64
   study.eval.autoattack_examples = 16
   return study
 
