@@ -11,7 +11,6 @@ suite (pgd-<k>, cw-<k>, apgd-ce, apgd-dlr, apgd-t, fab-t, square). Accuracies ar
 as RobustBench reports them. The record goes to WORKDIR/evaluation.json unless --output says
 otherwise.
 """
-import functools
 import json
 import os
 import platform
@@ -21,7 +20,6 @@ import flax
 import jax
 import numpy as np
 from absl import app, flags
-from jax.tree_util import Partial
 
 from launch import cli
 import robustwidth
@@ -40,10 +38,6 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Examples per attack batch
 _SEED = flags.DEFINE_integer("seed", None, "Attack seed (default: the run's config.seed).")
 _OUTPUT = flags.DEFINE_string("output", None, "Record path (default WORKDIR/evaluation.json).")
 flags.mark_flags_as_required(["workdir"])
-
-
-def _eval_apply(graphdef, params, model_state, x):
-  return models.apply(graphdef, params, model_state, x, train=False)[0]
 
 
 def _percent(fraction: float) -> float:
@@ -66,8 +60,7 @@ def evaluate(workdir: str, *, evaluations, n_examples=None, which="best", eps=No
     raise ValueError(f"--n_examples must lie in [1, {len(split)}] (the test split's size), "
                      f"got {n}.")
   x, y = data.to_float(split.images[:n]), split.labels[:n]
-  # A Partial keeps the parameters out of the compiled attacks' constants.
-  logits_fn = Partial(functools.partial(_eval_apply, graphdef), params, model_state)
+  logits_fn = models.partial_logits_fn(graphdef, params, model_state)
   key = jax.random.key(seed)
 
   results, robust_flags, stability = {}, None, None

@@ -11,7 +11,7 @@ import math
 
 import ml_collections
 
-from robustwidth import attacks, optim, steps, war
+from robustwidth import attacks, data, optim, steps, war
 from robustwidth.models import FAMILIES, PARAMETERIZATIONS
 
 JOBS = ("train", "width_study", "ntk_width")
@@ -29,8 +29,11 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"                                        # digits | cifar10 | cifar100
-  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir (CIFAR)
+  c.data.name = "digits"          # digits | fashion_mnist | cifar10 | cifar100
+  # TFDS data dir (CIFAR, Fashion-MNIST), or the directory of Fashion-MNIST's IDX files
+  # (default: TFDS's, then the Debian package's /usr/share/datasets/fashion-mnist).
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)
+  c.data.train_examples = 0  # train on the first N training examples (0: all of them)
   c.data.crop_padding = 0    # random crop after zero-padding by this many pixels (0: off)
   c.data.flip = False        # random horizontal flips
   c.data.extra_path = ml_collections.config_dict.placeholder(str)  # .npz: images, labels
@@ -85,6 +88,8 @@ def base() -> ml_collections.ConfigDict:
   c.eval.step_size = 0.003           # TRADES' 0.003; the authors used 0.007
   c.eval.init = "uniform"
   c.eval.restarts = 1
+  # After training: AutoAttack (standard) on the best checkpoint, first N test points (0: off).
+  c.eval.autoattack_examples = 0
 
   # width_study: the grid of runs (each run is this config with one grid point applied).
   c.sweep = ml_collections.ConfigDict()
@@ -180,7 +185,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
       raise ConfigError(f"config.{key} is not a known configuration key{hint} "
                         "(all keys and defaults: robustwidth/config.py).")
   choices = {
-      "job": JOBS, "data.name": ("digits", "cifar10", "cifar100"), "model.family": FAMILIES,
+      "job": JOBS, "data.name": data.DATASETS, "model.family": FAMILIES,
       "model.parameterization": PARAMETERIZATIONS, "model.dtype": DTYPES,
       "attack.norm": attacks.NORMS, "train.method": steps.METHODS,
       "train.attack_init": attacks.INITS, "train.schedule": optim.SCHEDULES,
@@ -201,6 +206,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
       _fail(key, value, "it must be finite")
   if not isinstance(config.seed, int) or config.seed < 0:
     _fail("seed", config.seed, "it must be an integer >= 0")
+  for key in ("data.train_examples", "eval.autoattack_examples"):
+    if not isinstance(given[key], int) or given[key] < 0:
+      _fail(key, given[key], "it must be an integer >= 0 (0: off)")
   nonnegative = ("attack.eps", "train.beta", "train.attack_step_size", "train.lr",
                  "train.momentum", "train.weight_decay", "eval.step_size",
                  "train.checkpoint_every_steps", "data.crop_padding")

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from robustwidth import config as config_lib
-from robustwidth import data, metrics, models, optim, parallel, steps, war
+from robustwidth import attacks, data, metrics, models, optim, parallel, steps, war
 from robustwidth.checkpoint import CheckpointError, Checkpoints
 from robustwidth.writers import MetricWriter
 
@@ -93,7 +93,9 @@ class _Run:
     config_lib.validate(config, jax.device_count())
     self.config, self.workdir = config, workdir
     self.config_json = config.to_json(sort_keys=True)
-    self.train_split = data.load(config.data.name, "train", data_dir=config.data.data_dir)
+    self.train_split = data.first(
+        data.load(config.data.name, "train", data_dir=config.data.data_dir),
+        config.data.train_examples)
     self.test_split = data.load(config.data.name, "test", data_dir=config.data.data_dir)
     self.extra_per_batch = config_lib.extra_per_batch(config)
     self.extra_split = (data.load_extra(config.data.extra_path, self.train_split)
@@ -304,11 +306,36 @@ def _train(config: ml_collections.ConfigDict, workdir: str, record_path: str) ->
     _print_epoch(epoch + 1, config.train.epochs, train_means, eval_metrics)
   writer.close()
   record = _record(run, checkpoints, state, meta)
+  if config.eval.autoattack_examples:
+    record.update(_autoattack(run, checkpoints))
   checkpoints.close()
   if jax.process_index() == 0:
     with open(record_path, "w") as f:
       json.dump(record, f, indent=1)
   return record
+
+
+def _autoattack(run: _Run, checkpoints: Checkpoints) -> dict:
+  """AutoAttack (standard) on the best checkpoint over the first eval.autoattack_examples
+  test points, as fractions like the PGD evaluation's."""
+  config, count = run.config, run.config.eval.autoattack_examples
+  if count > len(run.test_split):
+    raise ValueError(f"config.eval.autoattack_examples = {count} exceeds the "
+                     f"{len(run.test_split)} test examples; lower it.")
+  state, _ = checkpoints.restore(checkpoints.best_step(), run.state, run.config_json)
+  params, model_state = jax.device_get((state.params, state.model_state))
+  start = time.time()
+  _, report = attacks.autoattack(
+      models.partial_logits_fn(run.graphdef, params, model_state),
+      data.to_float(run.test_split.images[:count]), run.test_split.labels[:count],
+      key=run.eval_key, eps=config.attack.eps,
+      norm=config.attack.norm, batch_size=config.eval.batch_size)
+  return {"autoattack_examples": count,
+          "autoattack_natural_accuracy": report["clean_accuracy"],
+          "autoattack_accuracy": report["robust_accuracy"],
+          "autoattack_stability": report["perturbation_stability"],
+          "autoattack_accuracy_after": report["accuracy_after"],
+          "autoattack_time_s": time.time() - start}
 
 
 def _print_epoch(epoch: int, epochs: int, train: dict, evaluation: dict | None) -> None:
@@ -342,6 +369,7 @@ def _record(run: _Run, checkpoints: Checkpoints, state, meta: dict) -> dict:
       **best_meta["eval"], "best_epoch": best_meta["epoch"], "best_step": best_step,
       "epochs": config.train.epochs,
       "train_lipschitz_probe": meta["epoch_train"]["lipschitz_probe"],
+      "train_accuracy": meta["epoch_train"]["train_accuracy"],
       "train_time_s": meta["train_time_s"], "wall_time_s": meta["wall_time_s"],
       "compile_time_s": run.compile_time_s,
       "images_per_s": run.total_steps * config.train.batch_size / max(meta["train_time_s"],

@@ -1,4 +1,6 @@
 """Small models and data shared by the tests."""
+import gzip
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,3 +43,39 @@ def tiny_mlp(seed: int = 0) -> nnx.Module:
   """A BatchNorm-free MLP on 8×8×1 inputs: compiles in well under a second."""
   return models.create_model("mlp", width=1, num_classes=10, input_shape=(8, 8, 1), seed=seed,
                              depth=1, base_channels=16)
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+  """An IDX file's content: a big-endian magic number (type 0x08, unsigned byte; the number of
+  dimensions in the low byte), one big-endian uint32 per dimension, then the bytes
+  (http://yann.lecun.com/exdb/mnist/)."""
+  header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  return header + array.astype(np.uint8).tobytes()
+
+
+def write_gz(path, content: bytes) -> None:
+  with gzip.open(path, "wb") as f:
+    f.write(content)
+
+
+def write_fashion_idx(directory, counts=(24, 12), seed=0, learnable=False) -> dict:
+  """The four official Fashion-MNIST IDX .gz files holding random images, or, if `learnable`,
+  images whose class c is a bright 4×4 patch at the c-th place of a 3×4 grid on noise; returns
+  {split: (images, labels)}."""
+  rng = np.random.default_rng(seed)
+  written = {}
+  for split, count in zip(("train", "test"), counts):
+    labels = rng.integers(0, 10, count).astype(np.uint8)
+    if learnable:
+      images = rng.integers(0, 60, (count, 28, 28), dtype=np.uint8)
+      for image, label in zip(images, labels):
+        row, col = divmod(int(label), 4)
+        image[2 + 8 * row:6 + 8 * row, 2 + 7 * col:6 + 7 * col] = 255
+    else:
+      images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    image_file, label_file = (f"{'t10k' if split == 'test' else 'train'}-{kind}-idx{d}-ubyte.gz"
+                              for kind, d in (("images", 3), ("labels", 1)))
+    write_gz(directory / image_file, idx_bytes(images, 0x803))
+    write_gz(directory / label_file, idx_bytes(labels, 0x801))
+    written[split] = (images, labels)
+  return written

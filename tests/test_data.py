@@ -1,5 +1,6 @@
 """Data: CIFAR archives through prepare_data and the TFDS reader, the host-sharded iterators, and
 the crop/flip augmentation."""
+import glob
 import importlib.util
 import io
 import json
@@ -17,7 +18,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from robustwidth import data
-from robustwidth.data import augment, cifar
+from robustwidth.data import augment, cifar, fashion_mnist
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_tensorflow = pytest.mark.skipif(
@@ -171,6 +173,104 @@ def test_missing_cifar_names_the_prepare_command(name, tmp_path):
   assert (f"python -m launch.prepare_data {name} --archive PATH/{archive} "
           f"--data_dir {tmp_path}") in message
   assert "https://www.cs.toronto.edu/~kriz/cifar.html" in message
+
+
+# --- Fashion-MNIST --------------------------------------------------------------------------
+
+def _assert_split_is(split: data.Split, images: np.ndarray, labels: np.ndarray) -> None:
+  assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+  assert split.images.shape == (len(images), 28, 28, 1) and split.num_classes == 10
+  np.testing.assert_array_equal(split.images[..., 0], images)
+  np.testing.assert_array_equal(split.labels, labels)
+
+
+def test_fashion_mnist_idx_files_load_exactly(tmp_path):
+  written = helpers.write_fashion_idx(tmp_path)
+  for split, (images, labels) in written.items():
+    _assert_split_is(data.load("fashion_mnist", split, data_dir=str(tmp_path)), images, labels)
+
+
+@pytest.mark.parametrize("file,content,match", [
+    ("train-images-idx3-ubyte.gz", helpers.idx_bytes(np.zeros((24, 28, 28)), 0x801),
+     "magic number 2049, not 0x0803"),
+    ("train-images-idx3-ubyte.gz", helpers.idx_bytes(np.zeros((24, 28, 28)), 0x803)[:-5],
+     r"holds 18811 bytes of data; its header \(24, 28, 28\) says 18816 \(truncated"),
+    ("train-images-idx3-ubyte.gz", helpers.idx_bytes(np.zeros((24, 32, 32)), 0x803),
+     r"holds \(32, 32\) images, not 28×28"),
+    ("train-labels-idx1-ubyte.gz", helpers.idx_bytes(np.zeros(23), 0x801),
+     "24 images but .* 23 labels"),
+    ("train-labels-idx1-ubyte.gz", helpers.idx_bytes(np.full(24, 10), 0x801), "holds label 10"),
+    ("train-labels-idx1-ubyte.gz", b"", "magic number None"),
+])
+def test_corrupt_fashion_mnist_files_stop_with_the_ways_to_get_it(tmp_path, file, content,
+                                                                   match):
+  helpers.write_fashion_idx(tmp_path)
+  helpers.write_gz(tmp_path / file, content)
+  with pytest.raises(fashion_mnist.DataError, match=match) as raised:
+    data.load("fashion_mnist", "train", data_dir=str(tmp_path))
+  assert "apt-get install dataset-fashion-mnist" in str(raised.value)
+  assert "download_and_prepare(file_format='array_record')" in str(raised.value)
+
+
+def test_truncated_gzip_or_missing_fashion_mnist_file_is_named(tmp_path):
+  helpers.write_fashion_idx(tmp_path)
+  path = tmp_path / "t10k-images-idx3-ubyte.gz"
+  path.write_bytes(path.read_bytes()[:200])  # a download cut short
+  with pytest.raises(fashion_mnist.DataError, match="is not a readable .gz file"):
+    data.load("fashion_mnist", "test", data_dir=str(tmp_path))
+  path.unlink()
+  with pytest.raises(cifar.DatasetNotFoundError) as raised:
+    data.load("fashion_mnist", "test", data_dir=str(tmp_path))
+  message = str(raised.value)
+  assert f"No Fashion-MNIST file {path}." in message
+  assert "not prepared in" in message and "apt-get install dataset-fashion-mnist" in message
+  assert f"tfds.builder('fashion_mnist', data_dir='{tmp_path}')" in message
+  data.load("fashion_mnist", "train", data_dir=str(tmp_path))  # the other split is whole
+
+
+@needs_tensorflow
+def test_fashion_mnist_prepared_by_tfds_loads_in_the_official_order(tmp_path):
+  idx_dir, tfds_dir = tmp_path / "idx", str(tmp_path / "tfds")
+  idx_dir.mkdir()
+  written = helpers.write_fashion_idx(idx_dir, counts=(40, 20), seed=1)
+  files = {name: str(idx_dir / name) for names in fashion_mnist.FILES.values() for name in names}
+  # TFDS's own fashion_mnist builder, told to expect 40 and 20 examples instead of the official
+  # 60,000 and 10,000, writes the array_record directory that download_and_prepare writes.
+  script = f"""
+from unittest import mock
+from tensorflow_datasets.image_classification import mnist
+from robustwidth.data import tfds_files
+with mock.patch.multiple(mnist, _TRAIN_EXAMPLES=40, _TEST_EXAMPLES=20):
+  tfds_files.prepare_offline("fashion_mnist", {files!r}, data_dir={tfds_dir!r},
+                             verify_checksum=False)
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert glob.glob(os.path.join(tfds_dir, "fashion_mnist", "*", "*.array_record*"))
+  for split, (images, labels) in written.items():  # tfds_dir holds no IDX files
+    _assert_split_is(data.load("fashion_mnist", split, data_dir=tfds_dir), images, labels)
+
+  # Recorded as tfrecord (what download_and_prepare writes by default), it is refused.
+  info_path, = glob.glob(os.path.join(tfds_dir, "fashion_mnist", "*", "dataset_info.json"))
+  with open(info_path) as f:
+    info = json.load(f)
+  with open(info_path, "w") as f:
+    json.dump({**info, "fileFormat": "tfrecord"}, f)
+  with pytest.raises(cifar.DatasetNotFoundError, match="is tfrecord, which allows no random"):
+    data.load("fashion_mnist", "test", data_dir=tfds_dir)
+
+
+@pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEBIAN_DIR),
+                    reason=f"no {fashion_mnist.DEBIAN_DIR}: install the Debian package "
+                           "dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+def test_the_debian_package_files_load():
+  for split, count in (("train", 60_000), ("test", 10_000)):
+    loaded = fashion_mnist.load_idx(split, fashion_mnist.DEBIAN_DIR)
+    assert loaded.images.shape == (count, 28, 28, 1) and loaded.images.dtype == np.uint8
+    # Xiao et al. 2017: 6,000 training and 1,000 test images per class.
+    np.testing.assert_array_equal(np.bincount(loaded.labels), np.full(10, count // 10))
+    assert loaded.images.min() == 0 and loaded.images.max() == 255
 
 
 # --- Iterators ----------------------------------------------------------------------------------

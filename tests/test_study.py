@@ -11,12 +11,14 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from configs import cifar10_width_study, default, smoke
+from configs import cifar10_width_study, default, fashion_width_study, smoke
 from robustwidth import config as config_lib
 from robustwidth import data, train
 from robustwidth.checkpoint import CheckpointError
 from robustwidth.studies import cost, ntk_width, report, sweep, width
+from tests import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -94,10 +96,11 @@ def test_report_tables_verdict_and_records(study_dir):
   text = open(path).read()
   assert "**The paper's trend appears**" in text
   assert "stability peaks at width 2 (93.0%) and falls to 80.0% at width 8" in text
-  assert "| 4 | 1,600 | 2 | 95.05% ± 0.07% | 81.70% ± 0.00% | 85.95% ± 0.07% |" in text
+  # mean ± standard error over the two seeds (std / √2)
+  assert "| 4 | 1,600 | 2 | 95.05% ± 0.05% | 81.70% ± 0.00% | 85.95% ± 0.05% |" in text
   assert ("static WAR (β0 = 6, γ = 0.5) against the fixed β: width 2: β 8.49, robust -0.0% "
           "(n.s.), stability +1.0%, natural -1.0%; width 4: β 12, robust +3.9%") in text
-  assert "| 8 | — (one β) | 17 |" in text  # β per width: static λ = 6·√8.
+  assert "| 8 | — (one β) | 17: " in text  # β per width: static λ = 6·√8.
   assert "static WAR: 6 runs, 0.280 compute-hours" in text
   lines = open(study_dir / "results.jsonl").read().splitlines()
   assert len(lines) == 14 and all("config" not in json.loads(line) for line in lines)
@@ -265,3 +268,80 @@ def test_print_commands_validates_for_the_device_count_given(tmp_path):
       "evenly over the 48 devices")
   runs = sweep.validated_runs(default.get_config(), str(tmp_path), 16)
   assert len(runs) == 18
+
+
+# --- The Fashion-MNIST study end to end, and the statistics of its report ------------------
+
+def test_slope_and_difference_tests_match_their_closed_forms():
+  widths = np.array([1, 1, 1, 4, 4, 4, 16, 16, 16])
+  values = np.array([0.80, 0.82, 0.81, 0.78, 0.79, 0.77, 0.74, 0.76, 0.73])
+  x = np.log2(widths)
+  slope, intercept = np.polyfit(x, values, 1)
+  residual = values - (slope * x + intercept)
+  se = np.sqrt(np.sum(residual ** 2) / 7 / np.sum((x - x.mean()) ** 2))
+  test = report.slope_test(widths, values, "less")
+  assert test["estimate"] == pytest.approx(slope) and test["se"] == pytest.approx(se)
+  assert test["df"] == 7 and test["p"] == pytest.approx(stats.t.cdf(slope / se, 7))
+  assert test["low"] < slope < test["high"] < 0
+
+  a, b = np.array([0.70, 0.74, 0.71]), np.array([0.66, 0.65, 0.69, 0.64])
+  va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 4
+  t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+  df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)  # Welch–Satterthwaite
+  welch = report.difference_test(a, b, "greater")
+  assert welch["t"] == pytest.approx(t) and welch["df"] == pytest.approx(df)
+  assert welch["p"] == pytest.approx(stats.t.sf(t, df))
+  # An effect of `detectable` is found with about 80% power (noncentral t).
+  power = stats.nct.sf(stats.t.ppf(0.95, df), df, welch["detectable"] / welch["se"])
+  assert power == pytest.approx(0.8, abs=0.01)
+  assert report.difference_test(a[:1], b, "greater") is None
+
+
+def _tiny_fashion_study(data_dir):
+  study = fashion_width_study.get_config("family=mlp")
+  study.data.data_dir, study.data.train_examples = str(data_dir), 0
+  study.model.base_channels = 4
+  study.sweep.widths, study.sweep.betas, study.sweep.seeds = (1, 2), (1.0, 4.0), (0, 1)
+  study.sweep.war_betas = (1.0,)
+  study.train.epochs, study.train.batch_size, study.train.lr = 2, 32, 0.1
+  study.train.attack_steps = 2
+  study.eval.every_epochs, study.eval.num_steps, study.eval.batch_size = 2, 3, 64
+  study.eval.autoattack_examples = 16
+  return study
+
+
+def test_fashion_study_runs_end_to_end_and_reports_the_claims(tmp_path):
+  data_dir, workdir = tmp_path / "idx", tmp_path / "study"
+  data_dir.mkdir()
+  helpers.write_fashion_idx(data_dir, counts=(192, 64), learnable=True)
+  study = _tiny_fashion_study(data_dir)
+  width.run(study, str(workdir))
+  runs = sweep.expand(study, str(workdir))
+  assert len(runs) == 8 + 2 * 2  # the grid, then static and adaptive at width 2
+  records = report.load_records(str(workdir))
+  for record in records:
+    assert record["dataset"] == "fashion_mnist" and record["count"] == 64
+    assert record["autoattack_examples"] == 16
+    assert 0 <= record["autoattack_accuracy"] <= record["autoattack_natural_accuracy"]
+    assert record["autoattack_accuracy_after"]["square"] == record["autoattack_accuracy"]
+    assert 0 < record["train_accuracy"] <= 1
+  assert max(r["natural_accuracy"] for r in records) > 0.5  # the patches are learnt
+
+  text = (workdir / "report.md").read_text()
+  for heading in ("## The paper's claims, tested", "### 1. At a fixed β, wider",
+                  "### 2. A larger β recovers stability (width 2)", "### 3. WAR finds",
+                  "## Training accuracy", "AutoAttack acc", "train acc"):
+    assert heading in text
+  # One slope per fixed β; one row per WAR rule, width and metric (PGD, AutoAttack).
+  assert len([l for l in text.splitlines() if l.startswith(("| 1 | ", "| 4 | "))]) >= 2
+  war_rows = [l for l in text.splitlines() if l.startswith(("| static WAR", "| adaptive WAR"))
+              and "accuracy |" in l]
+  assert len(war_rows) == 4
+  assert (workdir / "beta_vs_width.png").stat().st_size > 10_000
+  entry = json.load(open(workdir / "records" / "w2_b1_s0_static.json"))
+  assert entry["model"] == "mlp-1-2" and entry["autoattack_examples"] == 16
+
+  # Finished runs are reused: a second pass trains nothing.
+  stamps = {d: os.path.getmtime(os.path.join(d, "record.json")) for d, _ in runs}
+  width.run(study, str(workdir))
+  assert stamps == {d: os.path.getmtime(os.path.join(d, "record.json")) for d, _ in runs}

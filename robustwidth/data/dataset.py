@@ -45,6 +45,16 @@ class Split:
     return tuple(self.images.shape[1:])
 
 
+def first(split: Split, count: int) -> Split:
+  """The first `count` examples of `split` (all of them when count is 0)."""
+  if count > len(split):
+    raise ValueError(f"Asked for the first {count} examples of a split of {len(split)}; "
+                     f"lower config.data.train_examples to at most {len(split)}.")
+  if not count:
+    return split
+  return Split(split.images[:count], split.labels[:count], split.num_classes)
+
+
 def to_float(images: np.ndarray) -> np.ndarray:
   if images.dtype == np.uint8:
     return images.astype(np.float32) / 255.0

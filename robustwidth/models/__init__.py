@@ -1,6 +1,6 @@
 """Model families: the TRADES WideResNet and small MLP/CNN width families."""
 from robustwidth.models.functional import (LogitsFn, apply, count_params, logits_fn,
-                                           model_logits_fn, split)
+                                           model_logits_fn, partial_logits_fn, split)
 from robustwidth.models.layers import PARAMETERIZATIONS, Conv, Dense
 from robustwidth.models.small import CNN, MLP
 from robustwidth.models.wide_resnet import WideResNet
@@ -8,5 +8,6 @@ from robustwidth.models.factory import FAMILIES, create_model
 
 __all__ = [
     "CNN", "Conv", "Dense", "FAMILIES", "LogitsFn", "MLP", "PARAMETERIZATIONS", "WideResNet",
-    "apply", "count_params", "create_model", "logits_fn", "model_logits_fn", "split",
+    "apply", "count_params", "create_model", "logits_fn", "model_logits_fn", "partial_logits_fn",
+    "split",
 ]

@@ -5,10 +5,12 @@ state (BatchNorm statistics), and every pure routine works on those three. `logi
 the evaluation-mode function `x -> logits` of the functional contract: BatchNorm reads its
 running statistics and nothing the function does can change model state.
 """
+import functools
 from typing import Any, Callable
 
 import jax
 from flax import nnx
+from jax.tree_util import Partial
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -34,6 +36,23 @@ def apply(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State, x: 
 def logits_fn(graphdef: nnx.GraphDef, params: Any, model_state: nnx.State) -> LogitsFn:
   """The contract's evaluation-mode `x -> logits`, closing over the given parameters."""
   return lambda x: apply(graphdef, params, model_state, x, train=False)[0]
+
+
+def _eval_logits(graphdef: nnx.GraphDef, params: Any, model_state: nnx.State,
+                 x: jax.Array) -> jax.Array:
+  return apply(graphdef, params, model_state, x, train=False)[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _bound_eval_logits(graphdef: nnx.GraphDef) -> functools.partial:
+  return functools.partial(_eval_logits, graphdef)
+
+
+def partial_logits_fn(graphdef: nnx.GraphDef, params: Any, model_state: nnx.State) -> Partial:
+  """`logits_fn` as a `jax.tree_util.Partial` holding the parameters as arguments: a jitted
+  attack then takes them as inputs instead of compiling them in as constants, and models of
+  one architecture (equal graphdefs) share its compiled code."""
+  return Partial(_bound_eval_logits(graphdef), params, model_state)
 
 
 def model_logits_fn(model: nnx.Module) -> LogitsFn:

@@ -1,6 +1,12 @@
 """Cost estimates before runs start (`launch.sweep --dry_run`): FLOPs from XLA's cost analysis
 of the fully unrolled train and eval steps (a rolled loop's body would be counted once), times
-the images a run processes, and the expected time at the FLOP rate measured on this machine."""
+the images a run processes, and the expected time at the FLOP rate measured on this machine.
+
+AutoAttack's cascade depends on the model, so its FLOPs are an assumption: each of
+`eval.autoattack_examples` points costs AUTOATTACK_PASSES of the eval attack's forward-backward
+passes (APGD-CE's 100 on every point; APGD-T's 900, FAB-T's 900 at about two passes each and
+Square's 5,000 forward passes at about a third of one, on the half assumed still robust).
+"""
 import copy
 import time
 
@@ -12,6 +18,8 @@ from robustwidth import config as config_lib
 from robustwidth import data, models, optim, steps
 from robustwidth.attacks.loop import forced_unroll
 from robustwidth.train import build_model, eval_attack, train_settings
+
+AUTOATTACK_PASSES = 100 + 0.5 * (900 + 2 * 900 + 5000 / 3)
 
 
 def _lowered_steps(config):
@@ -44,14 +52,18 @@ def run_flops(config) -> dict:
   """Training and evaluation FLOPs of one whole run."""
   train_step, eval_step, params, _ = _lowered_steps(config)
   _, _, num_train, num_test = data.INFO[config.data.name]
+  num_train = config.data.train_examples or num_train
   steps_per_epoch = num_train // (config.train.batch_size - config_lib.extra_per_batch(config))
   evaluations = config.train.epochs // config.eval.every_epochs + (
       config.train.epochs % config.eval.every_epochs != 0)
   eval_batches = -(-num_test // config.eval.batch_size)
+  eval_flops = eval_step.cost_analysis()["flops"]
+  pass_flops = eval_flops / (config.eval.batch_size * (config.eval.num_steps + 1))
   return {
       "params": params,
       "train_flops": train_step.cost_analysis()["flops"] * steps_per_epoch * config.train.epochs,
-      "eval_flops": eval_step.cost_analysis()["flops"] * eval_batches * evaluations,
+      "eval_flops": eval_flops * eval_batches * evaluations,
+      "autoattack_flops": pass_flops * AUTOATTACK_PASSES * config.eval.autoattack_examples,
   }
 
 
@@ -76,17 +88,19 @@ def measured_flop_rate() -> tuple[float, str]:
 def print_estimates(runs) -> None:
   rate, how = measured_flop_rate()
   print(f"Measured {rate / 1e9:.1f} GFLOP/s ({how}); expected times assume that rate.")
-  print(f"{'run':<40} {'params':>12} {'train PFLOP':>12} {'eval PFLOP':>11} {'hours':>9}")
+  print(f"{'run':<40} {'params':>12} {'train PFLOP':>12} {'eval PFLOP':>11} "
+        f"{'AutoAttack PFLOP':>17} {'hours':>9}")
   total_flops, cache = 0.0, {}
   for run_dir, run in runs:
     key = (run.model.family, run.model.depth, run.model.width, run.model.base_channels,
-           run.data.name)
+           run.data.name, run.data.train_examples)
     if key not in cache:  # FLOPs depend on the architecture, not on β, seed or rule.
       cache[key] = run_flops(run)
     cost = cache[key]
-    flops = cost["train_flops"] + cost["eval_flops"]
+    flops = cost["train_flops"] + cost["eval_flops"] + cost["autoattack_flops"]
     total_flops += flops
-    print(f"{run_dir:<40} {cost['params']:>12,} {cost['train_flops'] / 1e15:>12.2f} "
-          f"{cost['eval_flops'] / 1e15:>11.2f} {flops / rate / 3600:>9.1f}")
-  print(f"total: {len(runs)} runs, {total_flops / 1e15:.1f} PFLOP, "
-        f"{total_flops / rate / 3600:.1f} hours on this machine")
+    print(f"{run_dir:<40} {cost['params']:>12,} {cost['train_flops'] / 1e15:>12.3f} "
+          f"{cost['eval_flops'] / 1e15:>11.3f} {cost['autoattack_flops'] / 1e15:>17.3f} "
+          f"{flops / rate / 3600:>9.2f}")
+  print(f"total: {len(runs)} runs, {total_flops / 1e15:.2f} PFLOP, "
+        f"{total_flops / rate / 3600:.2f} hours on this machine")

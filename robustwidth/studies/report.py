@@ -3,9 +3,12 @@
 Writes `results.jsonl` (one record per run), `records/<run>.json` (RobustBench-style),
 PNG plots against width and `report.md`: a plain verdict on the paper's claim (at fixed β, does
 natural accuracy rise and stability fall with width? does WAR help the wide nets?), tables by
-width (mean ± std over seeds), the β each rule arrived at, and the tuning cost WAR saves.
-A difference is called significant when it exceeds twice its standard error (over seeds, and
-never below the binomial error of the test set).
+width (mean ± standard error over seeds), the best fixed β per width against each WAR rule's β,
+the paper's three claims as tests (a slope on log width and Welch t-tests over seeds, each with
+its standard error, p-value and the effect it can detect), training accuracy at the end of
+training and over its last quarter, and the tuning cost WAR saves. In the verdict a difference
+is called significant when it exceeds twice its standard error (over seeds, and never below
+the binomial error of the test set).
 """
 import collections
 import glob
@@ -18,19 +21,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 METRICS = ("natural_accuracy", "robust_accuracy", "perturbation_stability")
 COLUMNS = (  # (record key, heading, format)
     ("natural_accuracy", "natural acc", "{:.2%}"),
     ("robust_accuracy", "robust acc", "{:.2%}"),
     ("perturbation_stability", "stability", "{:.2%}"),
+    ("autoattack_accuracy", "AutoAttack acc", "{:.2%}"),
     ("lipschitz_probe", "Lipschitz (test, CE)", "{:.3g}"),
     ("train_lipschitz_probe", "Lipschitz (train, KL)", "{:.3g}"),
+    ("train_accuracy", "train acc", "{:.2%}"),
     ("beta", "final β", "{:.3g}"),
     ("train_time_s", "train time (s)", "{:.0f}"),
 )
+OPTIONAL = ("autoattack_accuracy", "train_accuracy")  # columns of runs that recorded them
 PLOTS = (  # (file, record keys, y label)
-    ("accuracy_vs_width.png", ("natural_accuracy", "robust_accuracy"), "accuracy"),
+    ("accuracy_vs_width.png", ("natural_accuracy", "robust_accuracy", "autoattack_accuracy"),
+     "accuracy"),
     ("stability_vs_width.png", ("perturbation_stability",), "perturbation stability"),
     ("lipschitz_vs_width.png", ("lipschitz_probe",), "local Lipschitz probe (test, ℓ1 of ∇CE)"),
 )
@@ -74,22 +82,28 @@ class Stat:
     values = np.asarray(values, dtype=float)
     self.mean, self.n = float(values.mean()), len(values)
     self.std = float(values.std(ddof=1)) if self.n > 1 else 0.0
-    error = self.std / math.sqrt(self.n) if self.n > 1 else 0.0
+    self.se = self.std / math.sqrt(self.n) if self.n > 1 else 0.0  # over seeds alone
+    error = self.se
     if count_per_run:  # A fraction of a finite test set is never known better than this.
       p = min(max(self.mean, 1e-9), 1 - 1e-9)
       error = max(error, math.sqrt(p * (1 - p) / (count_per_run * self.n)))
     self.error = error
 
   def format(self, fmt: str) -> str:
-    return fmt.format(self.mean) + (f" ± {fmt.format(self.std)}" if self.n > 1 else "")
+    return fmt.format(self.mean) + (f" ± {fmt.format(self.se)}" if self.n > 1 else "")
 
 
 def significant(a: Stat, b: Stat) -> bool:
   return abs(a.mean - b.mean) > 2 * math.hypot(a.error, b.error)
 
 
+def columns(records: list[dict]) -> tuple:
+  """COLUMNS, less the optional ones some run did not record."""
+  return tuple(c for c in COLUMNS if c[0] not in OPTIONAL or all(c[0] in r for r in records))
+
+
 def aggregate(records: list[dict]) -> dict[str, dict[int, dict]]:
-  """group → width → {"params", "seeds", key: Stat} for every column."""
+  """group → width → {"params", "seeds", "runs", key: Stat} for every column."""
   groups = collections.defaultdict(lambda: collections.defaultdict(list))
   for record in records:
     groups[group_name(record)][record["width"]].append(record)
@@ -98,7 +112,7 @@ def aggregate(records: list[dict]) -> dict[str, dict[int, dict]]:
     table[group] = {}
     for width, runs in sorted(groups[group].items()):
       row = {"params": runs[0]["params"], "seeds": len(runs), "runs": runs}
-      for key, _, _ in COLUMNS:
+      for key, _, _ in columns(records):
         row[key] = Stat([r[key] for r in runs],
                         runs[0]["count"] if key in METRICS else None)
       table[group][width] = row
@@ -170,31 +184,232 @@ def verdict(table: dict) -> list[str]:
 def markdown_tables(table: dict) -> str:
   lines = []
   for group, rows in table.items():
+    shown = [c for c in COLUMNS if c[0] in next(iter(rows.values()))]
     lines += [f"### {group}", "",
-              "| width | params | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-              "|---" * (3 + len(COLUMNS)) + "|"]
+              "| width | params | seeds | " + " | ".join(h for _, h, _ in shown) + " |",
+              "|---" * (3 + len(shown)) + "|"]
     for width, row in rows.items():
-      cells = [row[key].format(fmt) for key, _, fmt in COLUMNS]
+      cells = [row[key].format(fmt) for key, _, fmt in shown]
       lines.append(f"| {width} | {row['params']:,} | {row['seeds']} | " + " | ".join(cells)
                    + " |")
     lines.append("")
   return "\n".join(lines)
 
 
+def _fixed(table: dict) -> dict[float, dict]:
+  """β → rows of the fixed-β groups."""
+  return {_beta0(rows[next(iter(rows))]["runs"][0]): rows for g, rows in table.items()
+          if g.startswith("fixed")}
+
+
+def best_fixed_beta(table: dict, width: int, key: str = "robust_accuracy") -> float | None:
+  """The fixed β of the grid with the highest mean `key` at `width` (None: under two β).
+
+  Picked on the same runs it is then compared on, so it favours the grid slightly (the
+  winner's curse)."""
+  candidates = [(rows[width][key].mean, beta) for beta, rows in _fixed(table).items()
+                if width in rows]
+  return max(candidates)[1] if len(candidates) > 1 else None
+
+
 def beta_table(table: dict) -> str:
-  """Per width: the best fixed β of the grid (by robust accuracy) and each WAR rule's β."""
-  fixed = {g: rows for g, rows in table.items() if g.startswith("fixed")}
+  """Per width: the best fixed β of the grid (by PGD robust accuracy) and each WAR rule's β,
+  with the robust accuracy each reached."""
+  fixed = _fixed(table)
   widths = sorted({w for rows in table.values() for w in rows})
   war_groups = [g for g in table if not g.startswith("fixed")]
-  lines = ["| " + " | ".join(["width", "best fixed β (grid)", *war_groups]) + " |",
+  lines = ["| " + " | ".join(["width", "best fixed β (grid): robust acc", *war_groups]) + " |",
            "|---" * (2 + len(war_groups)) + "|"]
   for width in widths:
-    candidates = [(rows[width]["robust_accuracy"].mean, g) for g, rows in fixed.items()
-                  if width in rows]
-    best = max(candidates)[1].split("= ")[1] if len(candidates) > 1 else "— (one β)"
-    cells = [f"{table[g][width]['beta'].mean:.3g}" if width in table[g] else "—"
-             for g in war_groups]
-    lines.append("| " + " | ".join([str(width), best, *cells]) + " |")
+    best = best_fixed_beta(table, width)
+    cell = (f"{best:g}: {fixed[best][width]['robust_accuracy'].format('{:.2%}')}"
+            if best is not None else "— (one β)")
+    cells = [f"{table[g][width]['beta'].mean:.3g}: "
+             f"{table[g][width]['robust_accuracy'].format('{:.2%}')}" if width in table[g]
+             else "—" for g in war_groups]
+    lines.append("| " + " | ".join([str(width), cell, *cells]) + " |")
+  return "\n".join(lines)
+
+
+# --- The paper's claims as tests over seeds ------------------------------------------------
+
+ALPHA, POWER = 0.05, 0.8
+
+
+def _detectable(se: float, df: float, sides: int) -> float:
+  """The smallest true effect a t-test with this standard error and degrees of freedom finds
+  with probability POWER at level ALPHA."""
+  return float((stats.t.ppf(1 - ALPHA / sides, df) + stats.t.ppf(POWER, df)) * se)
+
+
+def slope_test(widths, values, alternative: str) -> dict | None:
+  """Least-squares slope of `values` per doubling of width (each run one point) with its
+  standard error, 95% interval, t, p (scipy's linregress; `alternative` as there) and the
+  slope it detects; None with fewer than 3 runs or 2 widths."""
+  x, y = np.log2(np.asarray(widths, float)), np.asarray(values, float)
+  if len(x) < 3 or len(set(x)) < 2:
+    return None
+  fit = stats.linregress(x, y, alternative=alternative)
+  df = len(x) - 2
+  half = float(stats.t.ppf(0.975, df) * fit.stderr)
+  sides = 2 if alternative == "two-sided" else 1
+  return {"estimate": float(fit.slope), "se": float(fit.stderr),
+          "low": float(fit.slope) - half, "high": float(fit.slope) + half,
+          "t": float(fit.slope / fit.stderr) if fit.stderr else math.nan, "df": df,
+          "p": float(fit.pvalue), "detectable": _detectable(fit.stderr, df, sides)}
+
+
+def difference_test(a, b, alternative: str) -> dict | None:
+  """mean(a) − mean(b) over seeds by Welch's t-test (scipy), with its standard error, p and
+  the difference it detects; None with under two seeds on a side."""
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  if len(a) < 2 or len(b) < 2:
+    return None
+  se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+  estimate = float(a.mean() - b.mean())
+  if se == 0:  # no spread on either side: no test
+    return {"estimate": estimate, "se": 0.0, "t": math.nan, "df": math.nan, "p": math.nan,
+            "detectable": math.nan}
+  result = stats.ttest_ind(a, b, equal_var=False, alternative=alternative)
+  sides = 2 if alternative == "two-sided" else 1
+  return {"estimate": estimate, "se": se, "t": float(result.statistic), "df": float(result.df),
+          "p": float(result.pvalue), "detectable": _detectable(se, result.df, sides)}
+
+
+def _values(rows: dict, width: int, key: str) -> list[float]:
+  return [r[key] for r in rows[width]["runs"]] if width in rows else []
+
+
+def _points(rows: dict, key: str) -> tuple[list, list]:
+  runs = [r for row in rows.values() for r in row["runs"]]
+  return [r["width"] for r in runs], [r[key] for r in runs]
+
+
+def _test_cells(test: dict | None, scale: float) -> list[str]:
+  if test is None:
+    return ["—"] * 4
+  fmt = lambda v: f"{v * scale:+.2f}"
+  return [f"{fmt(test['estimate'])} ± {abs(test['se'] * scale):.2f}",
+          f"{test['t']:.2f} ({test['df']:.3g})", f"{test['p']:.3g}",
+          f"{abs(test['detectable'] * scale):.2f}"]
+
+
+def _supported(test: dict | None) -> str:
+  if test is None or math.isnan(test["p"]):
+    return "untestable"
+  return "supported" if test["p"] < ALPHA else "not shown"
+
+
+def claim_tests(table: dict) -> list[str]:
+  """The paper's claims, each a test over seeds: (1) at a fixed β stability falls with width;
+  (2) a larger β recovers stability at the widest width; (3) WAR's β matches the best fixed β
+  of the grid, and beats the unadjusted β0."""
+  fixed = _fixed(table)
+  head = ["estimate ± SE", "t (df)", "p", "detects (80% power)"]
+  lines = [
+      f"Each run is one observation; p-values at α = {ALPHA}; \"detects\" is the smallest true "
+      f"effect the test finds with {POWER:.0%} power at this number of seeds and this spread, "
+      "so an effect that is \"not shown\" is, with that power, smaller than it. Accuracies in "
+      "percentage points.", "",
+      "### 1. At a fixed β, wider networks are less stable (slope on log₂ width < 0)", "",
+      "Slopes per doubling of width, least squares over every (width, seed) run, with the 95% "
+      "interval; natural accuracy (expected > 0) and the test Lipschitz probe (expected > 0) "
+      "alongside.", "",
+      "| β | stability slope " + " | ".join(head) + " | 95% interval | verdict "
+      "| natural-acc slope (p, > 0) | Lipschitz slope (p, > 0) |",
+      "|---" * 10 + "|"]
+  for beta, rows in sorted(fixed.items()):
+    test = slope_test(*_points(rows, "perturbation_stability"), "less")
+    natural = slope_test(*_points(rows, "natural_accuracy"), "greater")
+    lipschitz = slope_test(*_points(rows, "lipschitz_probe"), "greater")
+    interval = f"[{100 * test['low']:+.2f}, {100 * test['high']:+.2f}]" if test else "—"
+    side = lambda t, scale, f: f"{t['estimate'] * scale:{f}} ({t['p']:.3g})" if t else "—"
+    lines.append(f"| {beta:g} | " + " | ".join(_test_cells(test, 100)) +
+                 f" | {interval} | {_supported(test)} | {side(natural, 100, '+.2f')} | "
+                 f"{side(lipschitz, 1, '+.3g')} |")
+  widest = max(w for rows in fixed.values() for w in rows)
+  betas = sorted(b for b, rows in fixed.items() if widest in rows)
+  lines += ["", f"### 2. A larger β recovers stability (width {widest})", ""]
+  if len(betas) < 2:
+    lines.append("- Untestable: one β at this width.")
+  else:
+    low, high = betas[0], betas[-1]
+    test = difference_test(_values(fixed[high], widest, "perturbation_stability"),
+                           _values(fixed[low], widest, "perturbation_stability"), "greater")
+    slopes = [slope_test(*_points(fixed[b], "perturbation_stability"), "two-sided")
+              for b in (high, low)]
+    lines += [f"| comparison | " + " | ".join(head) + " | verdict |", "|---" * 6 + "|",
+              f"| stability at β = {high:g} − at β = {low:g} (Welch, > 0) | " +
+              " | ".join(_test_cells(test, 100)) + f" | {_supported(test)} |"]
+    if all(slopes):
+      se = math.hypot(slopes[0]["se"], slopes[1]["se"])
+      df = slopes[0]["df"] + slopes[1]["df"]
+      estimate = slopes[0]["estimate"] - slopes[1]["estimate"]
+      flatter = {"estimate": estimate, "se": se, "t": estimate / se if se else math.nan,
+                 "df": df, "p": float(stats.t.sf(estimate / se, df)) if se else math.nan,
+                 "detectable": _detectable(se, df, 1)}
+      lines.append(f"| stability slope at β = {high:g} − at β = {low:g} (> 0: flatter) | " +
+                   " | ".join(_test_cells(flatter, 100)) + f" | {_supported(flatter)} |")
+  lines += ["", "### 3. WAR finds the β of the grid without the grid", "",
+            "Robust accuracy of each WAR row against the best fixed β of the grid at the same "
+            "width (two-sided: WAR finds it when no difference shows; the best β is picked on "
+            "these runs, which favours the grid) and against the unadjusted β0 (> 0).", "",
+            "| rule | width | metric | WAR β | best fixed β | WAR − best fixed " +
+            " | ".join(head) + " | WAR − fixed β0 " + " | ".join(head) + " |",
+            "|---" * 13 + "|"]
+  metrics_ = [k for k in ("robust_accuracy", "autoattack_accuracy")
+              if all(k in row for rows in table.values() for row in rows.values())]
+  for group, rows in table.items():
+    if group.startswith("fixed"):
+      continue
+    beta0 = _beta0(next(iter(rows.values()))["runs"][0])
+    for width in rows:
+      for key in metrics_:
+        best = best_fixed_beta(table, width, key)
+        war_values = _values(rows, width, key)
+        against_best = (difference_test(war_values, _values(fixed[best], width, key),
+                                        "two-sided") if best is not None else None)
+        against_beta0 = (difference_test(war_values, _values(fixed[beta0], width, key),
+                                         "greater") if beta0 in fixed else None)
+        lines.append(f"| {group} | {width} | {key.replace('_', ' ')} | "
+                     f"{rows[width]['beta'].mean:.3g} | "
+                     f"{'—' if best is None else f'{best:g}'} | " +
+                     " | ".join(_test_cells(against_best, 100) +
+                                _test_cells(against_beta0, 100)) + " |")
+  return lines
+
+
+def _train_curve(workdir: str, run: str) -> dict[int, float]:
+  """epoch → mean training accuracy of that epoch, from the run's metrics.jsonl."""
+  path = os.path.join(workdir, run, "metrics.jsonl")
+  curve = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        entry = json.loads(line)
+        if entry["kind"] == "train":  # a resumed run's repeated epoch: the last one counts
+          curve[entry["epoch"]] = entry["train_accuracy"]
+  return curve
+
+
+def plateau_table(table: dict, workdir: str) -> str:
+  """Per group and width: the last epoch's training accuracy and its change over the last
+  quarter of the epochs (mean ± SE over seeds): near 0 means training accuracy plateaued."""
+  lines = ["| group | width | train acc, last epoch | change over the last quarter of epochs |",
+           "|---" * 4 + "|"]
+  for group, rows in table.items():
+    for width, row in rows.items():
+      changes = []
+      for record in row["runs"]:
+        curve = _train_curve(workdir, record["run"])
+        last = max(curve, default=0)
+        if last >= 2:
+          changes.append(curve[last] - curve[last - max(1, last // 4)])
+      if "train_accuracy" not in row:
+        continue
+      change = Stat(changes).format("{:+.2%}") if changes else "— (no metrics.jsonl)"
+      lines.append(f"| {group} | {width} | {row['train_accuracy'].format('{:.2%}')} | "
+                   f"{change} |")
   return "\n".join(lines)
 
 
@@ -224,7 +439,9 @@ def robustbench_record(record: dict) -> dict:
   """A RobustBench-style entry for one run (accuracies in percent)."""
   evaluation = record["config"]["eval"]
   return {
-      "model": f"WRN-{record['depth']}-{record['width']}", "width": record["width"],
+      "model": (f"WRN-{record['depth']}-{record['width']}" if record["family"] == "wide_resnet"
+                else f"{record['family']}-{record['depth']}-{record['width']}"),
+      "width": record["width"],
       "depth": record["depth"], "base_channels": record["base_channels"],
       "params": record["params"], "dataset": record["dataset"],
       "threat_model": {"linf": "Linf", "l2": "L2"}[record["norm"]], "eps": record["eps"],
@@ -232,7 +449,10 @@ def robustbench_record(record: dict) -> dict:
       "pgd_acc": 100 * record["robust_accuracy"],
       "pgd_settings": {"steps": evaluation["num_steps"], "step_size": evaluation["step_size"],
                        "restarts": evaluation["restarts"], "loss": "ce"},
-      "autoattack_acc": None,  # Filled by `python -m launch.evaluate --workdir RUN`.
+      # Recorded with eval.autoattack_examples, or by `python -m launch.evaluate --workdir RUN`.
+      "autoattack_acc": (100 * record["autoattack_accuracy"] if "autoattack_accuracy" in record
+                         else None),
+      "autoattack_examples": record.get("autoattack_examples"),
       "perturbation_stability": 100 * record["perturbation_stability"],
       "training": record["method"], "beta_rule": record["beta_rule"], "seed": record["seed"],
       "epochs": record["epochs"],
@@ -245,13 +465,14 @@ def plot(table: dict, records: list[dict], workdir: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for group, rows in table.items():
       widths = list(rows)
-      for key in keys:
+      for key, style in zip(keys, ("-", "--", ":")):
+        if key not in rows[widths[0]]:
+          continue
         mean = np.array([rows[w][key].mean for w in widths])
-        std = np.array([rows[w][key].std for w in widths])
+        se = np.array([rows[w][key].se for w in widths])
         label = group + (f" ({key.split('_')[0]})" if len(keys) > 1 else "")
-        line, = ax.plot(widths, mean, marker="o", label=label,
-                        linestyle="-" if key != "robust_accuracy" else "--")
-        ax.fill_between(widths, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        line, = ax.plot(widths, mean, marker="o", label=label, linestyle=style)
+        ax.fill_between(widths, mean - se, mean + se, color=line.get_color(), alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width multiplier k")
     ax.set_ylabel(ylabel)
@@ -275,7 +496,35 @@ def plot(table: dict, records: list[dict], workdir: str) -> list[str]:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=6)
   paths.append(_save(fig, workdir, "tradeoff.png"))
+  paths.append(_beta_plot(table, workdir))
   return paths
+
+
+def _beta_plot(table: dict, workdir: str) -> str:
+  """The best fixed β of the grid per width against the β each WAR rule ended with."""
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  widths = sorted({w for rows in table.values() for w in rows})
+  best = [(w, best_fixed_beta(table, w)) for w in widths]
+  best = [(w, b) for w, b in best if b is not None]
+  if best:
+    ax.plot(*zip(*best), marker="s", color="black", label="best fixed β (grid, PGD robust acc)")
+  for group, rows in table.items():
+    if not group.startswith("fixed"):
+      ax.errorbar(list(rows), [row["beta"].mean for row in rows.values()],
+                  yerr=[row["beta"].se for row in rows.values()], marker="o", label=group)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("width multiplier k")
+  ax.set_ylabel("β")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6)
+  return _save(fig, workdir, "beta_vs_width.png")
+
+
+def autoattack_note(record: dict) -> str:
+  if "autoattack_accuracy" not in record:
+    return ""
+  return (f" AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) ran on the first "
+          f"{record['autoattack_examples']} test points at the same checkpoint.")
 
 
 def _save(fig, workdir: str, filename: str) -> str:
@@ -310,10 +559,13 @@ def write(workdir: str) -> str:
       "cross-entropy, uniform start). Stability is the fraction of test points whose "
       "prediction the attack leaves unchanged. The Lipschitz columns are the max over attack "
       "iterates of the ℓ1 norm of the loss's input gradient (test: CE along PGD; train: the "
-      "authors' KL probe along the TRADES inner attack, last epoch).", "",
+      "authors' KL probe along the TRADES inner attack, last epoch)." + autoattack_note(first)
+      + " Tables give the mean ± standard error over seeds.", "",
       "## Verdict", "", *verdict(table), "",
       "## Results by width", "", markdown_tables(table),
       "## β per width", "", beta_table(table), "",
+      "## The paper's claims, tested", "", *claim_tests(table), "",
+      "## Training accuracy", "", plateau_table(table, workdir), "",
       "## Tuning cost", "", tuning_cost(records), "",
       "## Plots", "", *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots], "",
       "Per-run records: `results.jsonl`; RobustBench-style entries: `records/`; per-epoch and "
