@@ -36,8 +36,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.extra_fraction = 0.0  # fraction of every batch drawn from the extra data
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = "wide_resnet"     # wide_resnet | cnn | mlp
-  c.model.depth = 10                 # WRN depth (6n + 4) or MLP hidden layers
+  c.model.family = "wide_resnet"     # wide_resnet | cnn | mlp | resnet | preact_resnet
+  c.model.depth = 10                 # WRN depth (6n + 4), ResNet depth (18 | 34) or MLP layers
   c.model.width = 1                  # the width multiplier k
   c.model.base_channels = 16         # channels (MLP: units) that k multiplies
   c.model.parameterization = "standard"   # standard | ntk
@@ -168,6 +168,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   if config.model.family == "wide_resnet" and (config.model.depth - 4) % 6:
     _fail("model.depth", config.model.depth,
           "a WideResNet depth is 6n + 4 (10, 16, 22, 28, 34, ...)")
+  if config.model.family in ("resnet", "preact_resnet") and config.model.depth not in (18, 34):
+    _fail("model.depth", config.model.depth, "a ResNet depth is 18 or 34")
   for key in ("train.batch_size", "eval.batch_size"):
     if given[key] % device_count:
       _fail(key, given[key], f"it must be divisible by the {device_count} devices")
