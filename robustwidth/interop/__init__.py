@@ -4,7 +4,9 @@ be evaluated with our attacks and our models with theirs. PyTorch files are read
 `torch.load(..., weights_only=True)`: no code in a checkpoint runs."""
 from robustwidth.interop.state_dict import (ARCHITECTURES, from_torch_state_dict,
                                             load_torch_checkpoint, load_torch_state_dict,
-                                            read_torch_file, to_torch_state_dict, torch_model)
+                                            model_name, read_torch_file, to_torch_state_dict,
+                                            torch_model)
 
 __all__ = ["ARCHITECTURES", "from_torch_state_dict", "load_torch_checkpoint",
-           "load_torch_state_dict", "read_torch_file", "to_torch_state_dict", "torch_model"]
+           "load_torch_state_dict", "model_name", "read_torch_file", "to_torch_state_dict",
+           "torch_model"]

@@ -109,7 +109,8 @@ def _layout(model) -> list:
                   f"are {ARCHITECTURES}.")
 
 
-def _name(model) -> str:
+def model_name(model) -> str:
+  """"WideResNet-34-10", "ResNet-18", "PreActResNet-18"."""
   inner = model.model if isinstance(model, Normalized) else model
   if isinstance(inner, WideResNet):
     return f"WideResNet-{inner.depth}-{inner.width}"
@@ -151,7 +152,7 @@ def load_torch_state_dict(model, state_dict):
   missing = [key for key, *_ in entries if key not in state]
   unused = sorted(set(state) - {key for key, *_ in entries})
   if missing or unused:
-    raise ValueError(f"The state_dict does not match a {_name(model)}: missing "
+    raise ValueError(f"The state_dict does not match a {model_name(model)}: missing "
                      f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unused "
                      f"{unused[:5]}{'...' if len(unused) > 5 else ''}. Build the model with "
                      "from_torch_state_dict to infer its sizes, with the right arch.")
