@@ -45,7 +45,7 @@ def base() -> ml_collections.ConfigDict:
 
   # The threat model, shared by training and evaluation.
   c.attack = ml_collections.ConfigDict()
-  c.attack.norm = "linf"
+  c.attack.norm = "linf"     # linf | l2 | l1
   c.attack.eps = 0.031       # TRADES' 0.031; RobustBench uses 8/255 (0.0314) — not the same
 
   c.train = ml_collections.ConfigDict()

@@ -192,6 +192,7 @@ def test_a_missing_data_set_names_the_prepare_command(tmp_path):
     ("train.schedule", "step", "use one of ('multistep', 'halving', 'cosine', 'constant')"),
     ("train.batch_size", 60, "it must be divisible by the 8 devices"),
     ("model.depth", 12, "a WideResNet depth is 6n + 4"),
+    ("attack.norm", "l0", "use one of ('linf', 'l2', 'l1')"),
     ("train.method", "mart", "use one of ('standard', 'pgd_at', 'trades')"),
     ("war.rule", "adaptive", "needs reference_ratio > 0"),
 ])
@@ -200,6 +201,16 @@ def test_invalid_values_fail_at_start_up(key, value, message):
   section, name = key.split(".")
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_lib.validate(config, device_count=jax.device_count())
+
+
+def test_resnet_families_and_the_l1_norm_are_valid():
+  config = smoke.get_config()
+  config.attack.norm = "l1"
+  config.model.family, config.model.depth = "preact_resnet", 18
+  config_lib.validate(config, device_count=jax.device_count())
+  config.model.depth = 20
+  with pytest.raises(config_lib.ConfigError, match="a ResNet depth is 18 or 34"):
     config_lib.validate(config, device_count=jax.device_count())
 
 
