@@ -308,10 +308,8 @@ def test_rand_version_averages_gradients_of_a_randomized_model():
   eps = 0.06
   x, y = _interior_points(10, wm, bm, eps, "linf")
   exact = _exact_robust(wm, bm, x, y, eps, "linf")
-  calls = []
 
   def randomized(z, key):
-    calls.append(key)
     return multi(z + 0.002 * jax.random.normal(key, z.shape))
 
   x_adv, report = attacks.autoattack(randomized, x, y, key=KEY, eps=eps, version="rand",
@@ -322,7 +320,6 @@ def test_rand_version_averages_gradients_of_a_randomized_model():
   # The noise moves the decision of points within 0.002·‖w‖ of the boundary only.
   assert np.sum(decided != exact) <= 1
   assert report["settings"]["apgd-ce"]["eot_draws"] == 20
-  assert calls   # the model was called with keys
 
 
 def test_l1_cascade_meets_the_exact_worst_case_and_uses_the_references_settings():
