@@ -98,9 +98,9 @@ def problem(args):
 
 def torch_model(graphdef, params, model_state, config, channels, device):
   """The PyTorch WideResNet with the same weights, through `robustwidth.interop`."""
-  model = interop.torch_wide_resnet(config.model.depth, config.model.width, 10,
-                                    in_channels=channels,
-                                    base_channels=config.model.base_channels)
+  model = interop.torch_model("wide_resnet", 10, depth=config.model.depth,
+                              width=config.model.width, in_channels=channels,
+                              base_channels=config.model.base_channels)
   model.load_state_dict(interop.to_torch_state_dict(nnx.merge(graphdef, params, model_state)))
   return model.eval().to(device)
 

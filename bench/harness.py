@@ -276,8 +276,9 @@ def models(args, config, device):
   import torch
   from robustwidth import interop, models as rw_models, train
   model = train.build_model(config, (args.image_size, args.image_size, args.channels), 10)
-  torch_model = interop.torch_wide_resnet(args.depth, args.width, 10, in_channels=args.channels,
-                                          base_channels=args.base_channels)
+  torch_model = interop.torch_model("wide_resnet", 10, depth=args.depth, width=args.width,
+                                    in_channels=args.channels,
+                                    base_channels=args.base_channels)
   torch_model.load_state_dict(interop.to_torch_state_dict(model))
   graphdef, params, model_state = rw_models.split(model)
   return graphdef, params, model_state, torch_model.to(device, memory_format=torch.channels_last)

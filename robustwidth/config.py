@@ -40,8 +40,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.extra_fraction = 0.0  # fraction of every batch drawn from the extra data
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = "wide_resnet"     # wide_resnet | cnn | mlp
-  c.model.depth = 10                 # WRN depth (6n + 4) or MLP hidden layers
+  c.model.family = "wide_resnet"     # wide_resnet | cnn | mlp | resnet | preact_resnet
+  c.model.depth = 10                 # WRN depth (6n + 4), ResNet depth (18 | 34) or MLP layers
   c.model.width = 1                  # the width multiplier k
   c.model.base_channels = 16         # channels (MLP: units) that k multiplies
   c.model.parameterization = "standard"   # standard | ntk
@@ -49,7 +49,7 @@ def base() -> ml_collections.ConfigDict:
 
   # The threat model, shared by training and evaluation.
   c.attack = ml_collections.ConfigDict()
-  c.attack.norm = "linf"
+  c.attack.norm = "linf"     # linf | l2 | l1
   c.attack.eps = 0.031       # TRADES' 0.031; RobustBench uses 8/255 (0.0314) — not the same
 
   c.train = ml_collections.ConfigDict()
@@ -223,6 +223,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   if config.model.family == "wide_resnet" and (config.model.depth - 4) % 6:
     _fail("model.depth", config.model.depth,
           "a WideResNet depth is 6n + 4 (10, 16, 22, 28, 34, ...)")
+  if config.model.family in ("resnet", "preact_resnet") and config.model.depth not in (18, 34):
+    _fail("model.depth", config.model.depth, "a ResNet depth is 18 or 34")
   if config.train.batch_size % device_count:
     _fail("train.batch_size", config.train.batch_size,
           f"the global batch is split evenly over the {device_count} devices, so it must be "

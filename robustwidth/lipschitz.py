@@ -129,8 +129,8 @@ def lipschitz_gradient_ascent(logits_fn, x: jax.Array, y: jax.Array | None = Non
   def step(_, carry):
     z, best = carry
     direction, value = ascent(z)
-    z = geometry.project(z + step_size * geometry.ascent_direction(direction, norm), x, eps,
-                         norm)
+    z = geometry.project(z + step_size * geometry.ascent_direction(direction, norm, z), x,
+                         eps, norm)
     return z, jnp.maximum(best, value)
 
   start = geometry.random_start(key, x, eps, norm, init)

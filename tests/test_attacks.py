@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from robustwidth import attacks, models
+from robustwidth.attacks import geometry
 from tests import helpers
 
 KEY = jax.random.key(0)
@@ -103,15 +104,15 @@ def wrn():
 
 
 @pytest.mark.parametrize("norm,loss,init", [
-    (n, l, i) for n, l, i in itertools.product(["linf", "l2"], attacks.LOSSES, attacks.INITS)])
+    (n, l, i) for n, l, i in itertools.product(attacks.NORMS, attacks.LOSSES, attacks.INITS)])
 def test_adversarial_examples_stay_in_the_ball_and_the_box(norm, loss, init):
   x, y = helpers.images(1, 16), helpers.labels(1, 16)
-  eps = 0.3 if norm == "linf" else 1.0  # Large enough that the box constraint binds.
+  eps = {"linf": 0.3, "l2": 1.0, "l1": 4.0}[norm]  # Large enough that the box binds.
   x_adv = attacks.pgd(models.model_logits_fn(helpers.tiny_mlp()), x, y, key=KEY, eps=eps, step_size=eps / 2,
                       num_steps=3, norm=norm, loss=loss, init=init, restarts=2)
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   delta = (x_adv - x).reshape(16, -1)
-  size = jnp.max(jnp.abs(delta), -1) if norm == "linf" else jnp.linalg.norm(delta, axis=-1)
+  size = jnp.linalg.norm(delta, ord={"linf": jnp.inf, "l2": 2, "l1": 1}[norm], axis=-1)
   assert float(size.max()) <= eps * (1 + 1e-5)
   if not (loss == "kl" and init == "none"):  # There the start is stationary: no direction.
     assert float(size.max()) > eps / 4  # It moved.
@@ -193,7 +194,7 @@ def test_pgd_is_jittable_and_equals_eager(wrn):
     (dict(step_size=-1.0), "step_size must be >= 0"),
     (dict(num_steps=0), "num_steps must be an integer >= 1"),
     (dict(restarts=0), "restarts must be an integer >= 1"),
-    (dict(norm="l1"), "Unknown norm 'l1'"),
+    (dict(norm="l0"), "Unknown norm 'l0'"),
     (dict(loss="hinge"), "Unknown attack loss 'hinge'"),
     (dict(init="zeros"), "Unknown init 'zeros'"),
     (dict(x=2.0 * helpers.images(7, 4)), r"x must lie in \[0, 1\]"),
@@ -224,3 +225,94 @@ def test_value_checks_run_on_arrays_closed_over_under_jit():
   outside = 2.0 * x
   with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
     jax.jit(lambda: attacks.pgd(logits_fn, outside, y, **settings))()
+
+
+# ---------------------------------------------------------------- the ℓ1 ball ∩ [0, 1]
+
+def _projection_by_quadratic_program(z, x, eps):
+  """argmin ‖δ − (z − x)‖₂ over ‖δ‖₁ ≤ ε, 0 ≤ x + δ ≤ 1, by SLSQP on δ = p − q, p, q ≥ 0."""
+  optimize = pytest.importorskip("scipy.optimize")
+  d = len(x)
+  target = z - x
+  objective = lambda v: 0.5 * np.sum((v[:d] - v[d:] - target) ** 2)
+  constraints = [{"type": "ineq", "fun": lambda v: eps - np.sum(v)},
+                 {"type": "ineq", "fun": lambda v: 1 - x - (v[:d] - v[d:])},
+                 {"type": "ineq", "fun": lambda v: x + (v[:d] - v[d:])}]
+  result = optimize.minimize(objective, np.zeros(2 * d), method="SLSQP",
+                             bounds=[(0, None)] * (2 * d), constraints=constraints,
+                             options=dict(ftol=1e-12, maxiter=500))
+  return x + result.x[:d] - result.x[d:]
+
+
+def test_l1_projection_is_the_nearest_point_of_the_ball_and_the_box():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (8, 10)).astype(np.float32)
+  x[:, :3] = rng.integers(0, 2, (8, 3))                  # on the box's faces
+  z = x + rng.normal(0, 0.6, (8, 10)).astype(np.float32)
+  z[0] = x[0] + 0.01                                      # already inside: unchanged
+  eps = 0.7
+  p = np.asarray(geometry.project(jnp.asarray(z), jnp.asarray(x), eps, "l1"))
+  np.testing.assert_allclose(p[0], np.clip(z[0], 0, 1), atol=1e-6)
+  for i in range(8):
+    np.testing.assert_allclose(p[i], _projection_by_quadratic_program(z[i], x[i], eps),
+                               atol=2e-5)
+  assert np.all(np.abs(p - x).sum(1) <= eps * (1 + 1e-5))
+  assert p.min() >= 0 and p.max() <= 1
+  again = geometry.project(jnp.asarray(p), jnp.asarray(x), eps, "l1")
+  np.testing.assert_allclose(again, p, atol=1e-6)         # idempotent
+  # Nearest point: no feasible point (random ones, and the clean point) is closer to z.
+  for i in range(1, 8):
+    candidates = x[i] + rng.laplace(size=(500, 10)) * 0.1
+    candidates = np.clip(candidates, 0, 1)
+    feasible = candidates[np.abs(candidates - x[i]).sum(1) <= eps]
+    nearest = np.linalg.norm(p[i] - z[i])
+    assert nearest <= np.linalg.norm(feasible - z[i], axis=1).min() + 1e-6
+    assert nearest <= np.linalg.norm(x[i] - z[i]) + 1e-6
+
+
+def _l1_box_gain(v, x, eps):
+  """max ⟨v, δ⟩ over ‖δ‖₁ ≤ ε, x + δ ∈ [0, 1]: spend the budget on the coordinates of
+  largest |v_i|, each up to the box's face on v_i's side."""
+  gain, budget = 0.0, eps
+  for i in np.argsort(-np.abs(v)):
+    move = min(budget, 1 - x[i] if v[i] > 0 else x[i])
+    gain, budget = gain + abs(v[i]) * move, budget - move
+  return gain
+
+
+def test_l1_pgd_reaches_the_exact_worst_case_of_a_linear_model():
+  # Two classes: the example flips iff the greedy gain along w_other − w_y beats the margin.
+  w, b = _two_class_linear(seed=7, dim=16)
+  rng = np.random.default_rng(8)
+  x = rng.uniform(0, 1, (160, 16)).astype(np.float32)
+  x[:, :4] = rng.integers(0, 2, (160, 4))                # some coordinates cannot move one way
+  logits_fn = helpers.linear_logits_fn(w, b)
+  y = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), -1))
+  eps = 2.5
+
+  def exact(radius):
+    z = x @ w + b
+    margin = z[np.arange(len(x)), y] - z[np.arange(len(x)), 1 - y]
+    gain = [_l1_box_gain(w[:, 1 - t] - w[:, t], xi, radius) for xi, t in zip(x, y)]
+    return margin > np.array(gain)
+
+  robust = exact(eps)
+  clear = exact(0.97 * eps) == exact(1.03 * eps)
+  assert 0.2 < robust.mean() < 0.8 and clear.sum() > 140
+  # From x: a random start's mass off the sparse optimum decays only slowly under sparse steps.
+  x_adv = attacks.pgd(logits_fn, jnp.asarray(x), jnp.asarray(y), key=KEY, eps=eps,
+                      step_size=eps / 40, num_steps=100, norm="l1", loss="cw", init="none")
+  found = np.asarray(jnp.argmax(logits_fn(x_adv), -1)) == y
+  np.testing.assert_array_equal(found[clear], robust[clear])
+  assert np.all(np.abs(np.asarray(x_adv) - x).sum(1) <= eps * (1 + 1e-5))
+
+
+def test_l1_step_moves_only_coordinates_that_can_move():
+  grad = jnp.array([[3.0, -2.0, 1.0, 0.5]])
+  point = jnp.array([[1.0, 0.5, 0.5, 0.5]])      # coordinate 0 sits on the face it points at
+  direction = geometry.ascent_direction(grad, "l1", point)
+  np.testing.assert_allclose(direction, [[0.0, -1.0, 0.0, 0.0]])
+  np.testing.assert_allclose(geometry.sparse_sign(grad, jnp.array([3])),
+                             [[1 / 3, -1 / 3, 1 / 3, 0.0]])
+  assert float(geometry.dual_norm(grad, "l1")[0]) == 3.0
+  assert float(geometry.norm(grad, "l1")[0]) == 6.5

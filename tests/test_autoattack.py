@@ -8,9 +8,11 @@ import optax
 import pytest
 
 from robustwidth import attacks, data
-from robustwidth.attacks import fab, geometry, objectives
+from robustwidth.attacks import geometry, objectives
+from robustwidth.attacks.fab import project_l1, project_l2, project_linf
 from robustwidth.attacks.apgd import checkpoint_thresholds
-from robustwidth.attacks.square import l2_pattern, window_corners, window_sizes
+from robustwidth.attacks.autoattack import version_settings
+from robustwidth.attacks.square import window_corners, window_pattern, window_sizes
 
 KEY = jax.random.key(0)
 
@@ -44,7 +46,7 @@ def test_schedules_match_the_reference():
   assert [sides[i] for i in (0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001, 4999)] == [
       7, 7, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1]
   assert set(window_sizes(5000, 0.8, 8, 8, "l2")) == {7, 5, 3}
-  pattern = l2_pattern(3)
+  pattern = window_pattern(3)
   assert np.sum(pattern ** 2) == pytest.approx(1.0)
   assert np.all(pattern[:1] > 0) and np.all(pattern[1:] < 0)
   assert np.argmax(-pattern[1:]) == 4   # the bottom half peaks at its centre
@@ -85,7 +87,24 @@ def _brute_force_l2(t, w, b):
   return np.array(out)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+def _brute_force_l1(t, w, b):
+  """The minimal-ℓ1 box-constrained step onto w·z = b as a linear program (d = p − q)."""
+  optimize = pytest.importorskip("scipy.optimize")
+  out = []
+  for ti, wi, bi in zip(t.astype(np.float64), w.astype(np.float64), b.astype(np.float64)):
+    d = len(ti)
+    target = bi - wi @ ti
+    bounds = [(0, 1 - v) for v in ti] + [(0, v) for v in ti]
+    result = optimize.linprog(np.ones(2 * d), A_eq=np.concatenate([wi, -wi])[None],
+                              b_eq=[target], bounds=bounds)
+    if result.status == 2:      # unreachable: the far corner
+      out.append(np.where(wi * np.sign(target) > 0, 1 - ti, -ti))
+    else:
+      out.append(result.x[:d] - result.x[d:])
+  return np.array(out)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_fab_projections_solve_the_box_constrained_problem(norm):
   rng = np.random.default_rng(0)
   t = rng.uniform(0, 1, (12, 16)).astype(np.float32)
@@ -93,8 +112,9 @@ def test_fab_projections_solve_the_box_constrained_problem(norm):
   w = rng.normal(size=(12, 16)).astype(np.float32)
   b = (np.sum(w * t, 1) + rng.normal(0, 1.5, 12)).astype(np.float32)
   b[0] = np.sum(w[0] * t[0]) + 100.0                # unreachable: go to the far corner
-  project, brute = ((fab.project_linf, _brute_force_linf) if norm == "linf"
-                    else (fab.project_l2, _brute_force_l2))
+  project, brute = {"linf": (project_linf, _brute_force_linf),
+                    "l2": (project_l2, _brute_force_l2),
+                    "l1": (project_l1, _brute_force_l1)}[norm]
   d = np.asarray(project(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
   np.testing.assert_allclose(d, brute(t, w, b), atol=2e-4)
   assert np.all(t + d >= -1e-6) and np.all(t + d <= 1 + 1e-6)
@@ -132,23 +152,38 @@ def _last_row_and_column(side):
   return grid.reshape(-1)
 
 
+def _l1_box_gain(v, x, eps):
+  """max ⟨v, δ⟩ over ‖δ‖₁ ≤ ε, x + δ ∈ [0, 1], rows of [N, D]: spend the budget on the
+  coordinates of largest |v_i|, each up to the box's face on v_i's side."""
+  order = np.argsort(-np.abs(v), axis=1)
+  weight = np.take_along_axis(np.abs(v), order, 1)
+  room = np.take_along_axis(np.where(v > 0, 1 - x, x), order, 1)
+  spent = np.cumsum(room, 1) - room                       # budget used before coordinate k
+  return np.sum(weight * np.clip(eps - spent, 0, room), 1)
+
+
 def _exact_robust(w, bias, x, y, eps, norm):
-  """Closed form where the box never binds: class j beats y somewhere in the ball iff
-  (w_y − w_j)·x + b_y − b_j ≤ ε‖w_y − w_j‖_dual."""
+  """Closed form: class j beats y somewhere in the ball iff (w_y − w_j)·x + b_y − b_j ≤
+  max_δ (w_j − w_y)·δ, which is ε‖w_y − w_j‖_dual where the box never binds (ℓ∞, ℓ2 here)
+  and, for ℓ1, the greedy fill of the box (`_l1_box_gain`)."""
   flat = x.reshape(len(x), -1)
   margins = flat @ w + bias
   robust = np.ones(len(x), bool)
   for j in range(w.shape[1]):
     v = w[:, y] - w[:, [j]]
-    dual = np.abs(v).sum(0) if norm == "linf" else np.sqrt((v ** 2).sum(0))
+    if norm == "l1":
+      gain = _l1_box_gain(-v.T, flat, eps)
+    else:
+      gain = eps * (np.abs(v).sum(0) if norm == "linf" else np.sqrt((v ** 2).sum(0)))
     gap = margins[np.arange(len(x)), y] - margins[:, j]
-    robust &= (j == y) | (gap > eps * dual)
+    robust &= (j == y) | (gap > gain)
   return robust & (margins.argmax(1) == y)
 
 
 def _interior_points(num_classes, w, bias, eps, norm, n=48, seed=1):
-  """Points in [0.3, 0.7] (the box never binds at these eps) whose exact worst case is not
-  within 5% of the boundary, labelled by the model itself so most start correct."""
+  """Points in [0.3, 0.7] (the box never binds at these ℓ∞ and ℓ2 eps; it does in ℓ1) whose
+  exact worst case is not within 5% of the boundary, labelled by the model itself so most
+  start correct."""
   rng = np.random.default_rng(seed)
   x = rng.uniform(0.3, 0.7, (4 * n, 6, 6, 1)).astype(np.float32)
   y = (x.reshape(len(x), -1) @ w + bias).argmax(1)
@@ -194,6 +229,115 @@ def test_each_attack_reaches_the_exact_worst_case_of_a_linear_model(norm, eps):
     # ℓ2 Square's structured windows do not reach a dense optimum on every point: here it
     # misses 9 of the 41 attackable points (the reference's Square 8 to 10, seeds 0-2).
     assert np.all(robust[exact]) and np.sum(robust & ~exact) <= 10
+
+
+def test_l1_attacks_reach_the_exact_worst_case_of_a_linear_model():
+  """ℓ1 with the box binding: the worst case fills the coordinates of largest weight."""
+  eps = 0.5
+  binary, wb, bb = _linear(2)
+  x, y = _interior_points(2, wb, bb, eps, "l1")
+  exact = _exact_robust(wb, bb, x, y, eps, "l1")
+  assert 0 < exact.sum() < len(x)
+  x_adv = attacks.apgd(binary, x, y, key=KEY, eps=eps, norm="l1", num_steps=20)
+  np.testing.assert_array_equal(_robust(binary, x_adv, y), exact)
+  assert np.all(np.abs(x_adv - x).reshape(len(x), -1).sum(1) <= eps * (1 + 1e-5))
+
+  multi, wm, bm = _linear(10, seed=2)
+  x, y = _interior_points(10, wm, bm, eps, "l1")
+  exact = _exact_robust(wm, bm, x, y, eps, "l1")
+  assert 0 < exact.sum() < len(x)
+  runs = {
+      "apgd-t": attacks.apgd_targeted(multi, x, y, key=KEY, eps=eps, norm="l1", num_steps=20,
+                                      num_targets=3),
+      "fab-t": attacks.fab_targeted(multi, x, y, eps=eps, norm="l1", num_steps=20),
+      "fab": attacks.fab(multi, x, y, key=KEY, eps=eps, norm="l1", num_steps=20, restarts=2),
+  }
+  for name, x_adv in runs.items():
+    np.testing.assert_array_equal(_robust(multi, x_adv, y), exact, err_msg=name)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_l1_square_finds_what_the_reference_finds_on_a_linear_model():
+  eps = 0.5
+  multi, wm, bm = _linear(10, seed=2, dead=_last_row_and_column(6))
+  x, y = _interior_points(10, wm, bm, eps, "l1")
+  exact = _exact_robust(wm, bm, x, y, eps, "l1")
+  x_adv = attacks.square(multi, x, y, key=KEY, eps=eps, norm="l1")
+  assert np.all(np.abs(x_adv - x).reshape(len(x), -1).sum(1) <= eps * (1 + 1e-5))
+  robust = _robust(multi, x_adv, y)
+  # ℓ1 Square's windows spread the budget where the worst case is sparse: it misses 14 of
+  # the 43 attackable points here (the reference's Square 15 and 14, seeds 0 and 1).
+  assert np.all(robust[exact]) and np.sum(robust & ~exact) <= 15
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.06), ("l2", 0.25)])
+def test_untargeted_fab_reaches_the_exact_worst_case_of_a_linear_model(norm, eps):
+  multi, wm, bm = _linear(10, seed=2)
+  x, y = _interior_points(10, wm, bm, eps, norm)
+  exact = _exact_robust(wm, bm, x, y, eps, norm)
+  x_adv = attacks.fab(multi, x, y, key=KEY, eps=eps, norm=norm, num_steps=20)
+  np.testing.assert_array_equal(_robust(multi, x_adv, y), exact)
+
+
+def _check_report(logits_fn, x, y, x_adv, report, eps, norm, names):
+  size = np.asarray(geometry.norm(jnp.asarray(x_adv - x), norm))
+  assert np.all(size <= eps * (1 + 1e-5)) and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+  np.testing.assert_array_equal(report["robust"], _robust(logits_fn, x_adv, y))
+  assert report["attacks"] == list(names) and list(report["seconds"]) == list(names)
+
+
+def test_plus_version_meets_the_exact_worst_case_of_a_linear_model():
+  norm, eps = "linf", 0.06
+  multi, wm, bm = _linear(10, seed=2, dead=_last_row_and_column(6))
+  x, y = _interior_points(10, wm, bm, eps, norm)
+  exact = _exact_robust(wm, bm, x, y, eps, norm)
+  x_adv, report = attacks.autoattack(multi, x, y, key=KEY, eps=eps, norm=norm, version="plus",
+                                     batch_size=64)
+  _check_report(multi, x, y, x_adv, report, eps, norm, attacks.PLUS)
+  np.testing.assert_array_equal(report["robust"], exact)
+  settings = report["settings"]
+  assert settings["apgd-ce"]["restarts"] == settings["apgd-dlr"]["restarts"] == 5
+  assert settings["fab"]["restarts"] == 5 and settings["fab-t"]["num_targets"] == 9
+  assert settings["apgd-t"]["num_targets"] == 9 and settings["square"]["num_queries"] == 5000
+
+
+def test_rand_version_averages_gradients_of_a_randomized_model():
+  """A linear model behind random input noise: the expected logits are the linear model's, so
+  the exact worst case of the noise-free model is what EOT should find."""
+  multi, wm, bm = _linear(10, seed=2)
+  eps = 0.06
+  x, y = _interior_points(10, wm, bm, eps, "linf")
+  exact = _exact_robust(wm, bm, x, y, eps, "linf")
+
+  def randomized(z, key):
+    return multi(z + 0.002 * jax.random.normal(key, z.shape))
+
+  x_adv, report = attacks.autoattack(randomized, x, y, key=KEY, eps=eps, version="rand",
+                                     batch_size=64)
+  _check_report(lambda z: randomized(z, jax.random.fold_in(KEY, 0)), x, y, x_adv, report, eps,
+                "linf", attacks.RAND)
+  decided = _robust(multi, x_adv, y)
+  # The noise moves the decision of points within 0.002·‖w‖ of the boundary only.
+  assert np.sum(decided != exact) <= 1
+  assert report["settings"]["apgd-ce"]["eot_draws"] == 20
+
+
+def test_l1_cascade_meets_the_exact_worst_case_and_uses_the_references_settings():
+  multi, wm, bm = _linear(10, seed=2)
+  eps = 0.5
+  x, y = _interior_points(10, wm, bm, eps, "l1")
+  names = ["apgd-ce", "fab-t"]
+  x_adv, report = attacks.autoattack(multi, x, y, key=KEY, eps=eps, norm="l1",
+                                     version="custom", attacks=names, batch_size=64)
+  _check_report(multi, x, y, x_adv, report, eps, "l1", names)
+  np.testing.assert_array_equal(report["robust"], _exact_robust(wm, bm, x, y, eps, "l1"))
+  settings = version_settings("standard", "l1", num_classes=10)
+  assert list(settings) == list(attacks.STANDARD)
+  assert settings["apgd-ce"]["restarts"] == 5 and settings["apgd-t"]["num_targets"] == 5
+  assert settings["apgd-ce"]["eps_schedule"] == "3*eps,2*eps,eps"
+  assert report["settings"]["apgd-ce"] == settings["apgd-ce"]
+  with pytest.raises(ValueError, match="linf and l2"):
+    attacks.autoattack(multi, x, y, key=KEY, eps=eps, norm="l1", version="plus")
 
 
 # ---------------------------------------------------------------- threat model, cascade
@@ -291,7 +435,7 @@ def test_apgd_ce_is_never_weaker_than_pgd20(trained_mlp, test_points):
 def test_bad_arguments_say_what_to_do(trained_mlp, test_points):
   x, y = test_points[0][:4], test_points[1][:4]
   with pytest.raises(ValueError, match="version"):
-    attacks.autoattack(trained_mlp, x, y, key=KEY, eps=0.1, version="plus")
+    attacks.autoattack(trained_mlp, x, y, key=KEY, eps=0.1, version="strong")
   with pytest.raises(ValueError, match="custom"):
     attacks.autoattack(trained_mlp, x, y, key=KEY, eps=0.1, attacks=["apgd-ce"])
   with pytest.raises(ValueError, match="Unknown attack"):

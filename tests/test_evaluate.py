@@ -1,11 +1,15 @@
-"""launch.evaluate on a one-epoch smoke run: the RobustBench-style record and its numbers."""
+"""launch.evaluate on a one-epoch smoke run and on PyTorch checkpoints: the RobustBench-style
+record and its numbers."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from configs import smoke
 from launch import evaluate
-from robustwidth import train
+from robustwidth import metrics, train
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +44,73 @@ def test_bad_example_counts_are_refused(run_dir):
 def test_paths_are_checked_before_any_attack_runs(run_dir, tmp_path):
   # A missing --output directory lost a whole evaluation at the end; a mistyped --workdir
   # created <typo>/checkpoints.
-  evaluate.check_paths(str(run_dir), str(tmp_path / "evaluation.json"))
+  evaluate.check_paths(str(tmp_path / "evaluation.json"), workdir=str(run_dir))
   with pytest.raises(FileNotFoundError, match="--output .*missing/evaluation.json: the "
                      "directory .*missing does not exist"):
-    evaluate.check_paths(str(run_dir), str(tmp_path / "missing" / "evaluation.json"))
+    evaluate.check_paths(str(tmp_path / "missing" / "evaluation.json"), workdir=str(run_dir))
   with pytest.raises(PermissionError, match="cannot be written"):
-    evaluate.check_paths(str(run_dir), str(tmp_path))
+    evaluate.check_paths(str(tmp_path), workdir=str(run_dir))
   with pytest.raises(FileNotFoundError, match="--workdir .*typo is not a directory"):
-    evaluate.check_paths(str(tmp_path / "typo"), str(tmp_path / "evaluation.json"))
+    evaluate.check_paths(str(tmp_path / "evaluation.json"), workdir=str(tmp_path / "typo"))
   with pytest.raises(FileNotFoundError, match="no run directory"):
     train.restore_model(str(tmp_path / "typo"))
   assert not (tmp_path / "typo").exists()
+
+
+torch = pytest.importorskip("torch")
+
+
+def _tiny_checkpoint(tmp_path, arch):
+  """A random PyTorch model of `arch` on 8×8 grey digits, saved as RobustBench saves its
+  files ({"state_dict": ...})."""
+  from robustwidth import interop
+  torch.manual_seed(0)
+  sizes = dict(depth=10, width=1, base_channels=2) if arch == "wide_resnet" else dict(
+      base_channels=2)
+  net = interop.torch_model(arch, 10, in_channels=1, **sizes)
+  path = str(tmp_path / f"{arch}.pt")
+  torch.save({"state_dict": net.state_dict()}, path)
+  return path
+
+
+@pytest.mark.parametrize("arch", ["wide_resnet", "preact_resnet18", "resnet18"])
+def test_torch_checkpoint_record(tmp_path, arch):
+  path = _tiny_checkpoint(tmp_path, arch)
+  mean, std = ([0.5], [0.25]) if arch == "wide_resnet" else (None, None)
+  record = evaluate.evaluate_torch_checkpoint(path, arch=arch, dataset="digits",
+                                              evaluations=["pgd-2", "cw-2"], n_examples=12,
+                                              batch_size=16, mean=mean, std=std)
+  assert record["model"] == {"wide_resnet": "WideResNet-10-1", "preact_resnet18":
+                             "PreActResNet-18", "resnet18": "ResNet-18"}[arch]
+  assert record["eps"] == pytest.approx(8 / 255) and record["norm"] == "linf"
+  assert record["n_examples"] == 12 and record["dataset"] == "digits"
+  assert record["input_normalization"] == (None if mean is None else dict(mean=mean, std=std))
+  for name in ("pgd-2", "cw-2"):
+    result = record["evaluations"][name]
+    counts = result["counts"]
+    # The stability decomposition: the cells partition the examples, and robust accuracy
+    # is P(correct ∧ stable) + P(wrong ∧ x̂ predicted y).
+    assert sum(counts[c] for c in metrics.CELLS) == counts["count"] == 12
+    assert result["robust_acc"] == pytest.approx(
+        100 * (counts["correct_stable"] + counts["wrong_adv_correct"]) / 12, abs=0.01)
+    assert result["robust_acc"] <= record["clean_acc"]
+    assert result["max_perturbation"] <= 8 / 255 + 1e-6
+  assert record["worst_case_acc"] <= min(r["robust_acc"] for r in record["evaluations"].values())
+  json.dumps(record, default=float)
+
+
+def test_torch_checkpoint_from_the_command_line(tmp_path):
+  path = _tiny_checkpoint(tmp_path, "wide_resnet")
+  output = tmp_path / "record.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.evaluate", "--torch_checkpoint", path,
+       "--arch", "wide_resnet", "--dataset", "digits", "--attacks", "pgd-2",
+       "--input_mean", "0.5", "--input_std", "0.25", "--n_examples", "8", "--batch_size", "8",
+       "--output", str(output)],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads(output.read_text())
+  assert record["family"] == "wide_resnet" and record["n_examples"] == 8
+  assert record["input_normalization"] == dict(mean=[0.5], std=[0.25])
+  assert "WideResNet-10-1 on digits" in result.stdout

@@ -1,4 +1,5 @@
-"""PyTorch WideResNet weights in the TRADES / RobustBench layout, into our model and back."""
+"""PyTorch weights in the TRADES / RobustBench layouts (WideResNet, ResNet-18, PreActResNet-18,
+input normalization), into our models and back."""
 import sys
 
 import numpy as np
@@ -12,12 +13,8 @@ from flax import nnx  # noqa: E402
 from robustwidth import interop, models  # noqa: E402
 
 
-def _torch_model(depth=10, width=2, base=3, in_channels=1, seed=0):
-  """The TRADES-layout PyTorch WRN with random weights and non-trivial BatchNorm statistics,
-  in evaluation mode."""
-  torch.manual_seed(seed)
-  net = interop.torch_wide_resnet(depth, width, 10, in_channels=in_channels,
-                                  base_channels=base)
+def _randomized(net):
+  """`net` with non-trivial BatchNorm statistics and biases, in evaluation mode."""
   with torch.no_grad():
     for module in net.modules():
       if isinstance(module, torch.nn.BatchNorm2d):
@@ -28,6 +25,13 @@ def _torch_model(depth=10, width=2, base=3, in_channels=1, seed=0):
       elif isinstance(module, torch.nn.Linear):
         module.bias.uniform_(-0.5, 0.5)
   return net.eval()
+
+
+def _torch_model(depth=10, width=2, base=3, in_channels=1, seed=0):
+  """The TRADES-layout PyTorch WRN with random weights and BatchNorm statistics."""
+  torch.manual_seed(seed)
+  return _randomized(interop.torch_model("wide_resnet", 10, depth=depth, width=width,
+                                         in_channels=in_channels, base_channels=base))
 
 
 def _jax_logits(model, x):
@@ -68,7 +72,8 @@ def test_export_round_trip(parameterization):
   ours = models.WideResNet(10, 2, 10, in_channels=1, base_channels=3,
                            parameterization=parameterization, rngs=nnx.Rngs(3))
   exported = interop.to_torch_state_dict(ours)
-  net = interop.torch_wide_resnet(10, 2, 10, in_channels=1, base_channels=3)
+  net = interop.torch_model("wide_resnet", 10, depth=10, width=2, in_channels=1,
+                            base_channels=3)
   net.load_state_dict(exported)   # strict: every key of the PyTorch layout, nothing else
   net.eval()
   x = np.random.default_rng(2).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
@@ -83,3 +88,70 @@ def test_missing_torch_names_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)
   with pytest.raises(ImportError, match=r"pip install -e \.\[torch\]"):
     interop.to_torch_state_dict(models.WideResNet(10, 1, base_channels=1, rngs=nnx.Rngs(0)))
+
+
+RESNETS = [("resnet18", {}), ("preact_resnet18", {}), ("preact_resnet18", {"final_bn": True}),
+           ("preact_resnet18", {"final_bn": True, "preactivated_shortcut": True})]
+
+
+@pytest.mark.parametrize("arch,options", RESNETS)
+def test_resnet_weights_give_the_same_logits(arch, options):
+  """RobustBench's ResNet-18 and PreActResNet-18 variants, 4 base channels, on 32×32 inputs
+  (where their 4×4 average pool is our global one)."""
+  torch.manual_seed(1)
+  net = _randomized(interop.torch_model(arch, 10, base_channels=4, **options))
+  model = interop.from_torch_state_dict(
+      net.state_dict(), arch=arch,
+      preactivated_shortcut=options.get("preactivated_shortcut", False))
+  x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_allclose(_jax_logits(model, x), _torch_logits(net, x), atol=1e-4)
+  back = interop.torch_model(arch, 10, base_channels=4, **options)
+  back.load_state_dict(interop.to_torch_state_dict(model))     # strict: the same layout
+  np.testing.assert_allclose(_torch_logits(back.eval(), x), _torch_logits(net, x), atol=1e-5)
+
+
+def test_normalization_inside_the_model():
+  """A PyTorch model that normalizes its [0, 1] input with constants, as RobustBench's do."""
+  mean, std = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]
+  inner = _torch_model(depth=10, width=1, base=2, in_channels=3)
+
+  def net(z):
+    return inner((z - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+
+  model = interop.from_torch_state_dict(inner.state_dict(), mean=mean, std=std)
+  assert isinstance(model, models.Normalized)
+  x = np.random.default_rng(3).uniform(0, 1, (4, 8, 8, 3)).astype(np.float32)
+  np.testing.assert_allclose(_jax_logits(model, x), _torch_logits(net, x), atol=1e-4)
+  # The normalization constants are model state, not trainable parameters.
+  _, params, _ = models.split(model)
+  assert models.count_params(params) == models.count_params(
+      models.split(interop.from_torch_state_dict(inner.state_dict()))[1])
+  with pytest.raises(ValueError, match="both mean and std"):
+    interop.from_torch_state_dict(inner.state_dict(), mean=mean)
+
+
+def test_wrong_architecture_is_named():
+  state = interop.torch_model("resnet18", 10, base_channels=2).state_dict()
+  with pytest.raises(ValueError, match="does not match a PreActResNet-18"):
+    interop.from_torch_state_dict(state, arch="preact_resnet18")
+  with pytest.raises(ValueError, match="Not a wide_resnet state_dict"):
+    interop.from_torch_state_dict(state)
+  with pytest.raises(ValueError, match="Unknown architecture"):
+    interop.from_torch_state_dict(state, arch="vit")
+
+
+def test_checkpoint_files_load_without_running_code(tmp_path):
+  net = _torch_model()
+  path = str(tmp_path / "model.pt")
+  torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)
+  model = interop.load_torch_checkpoint(path)
+  x = np.random.default_rng(4).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32)
+  np.testing.assert_allclose(_jax_logits(model, x), _torch_logits(net, x), atol=1e-4)
+  # A pickled object (which a plain torch.load would construct, running its code) is refused.
+  torch.save({"state_dict": net.state_dict(), "hook": _Payload()}, path)
+  with pytest.raises(Exception, match="(?i)weights.only|unsupported|global"):
+    interop.load_torch_checkpoint(path)
+
+
+class _Payload:
+  pass

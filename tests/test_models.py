@@ -103,13 +103,26 @@ def test_functional_apply_is_pure_and_train_mode_updates_batch_statistics():
   assert not np.allclose(logits_eval, logits_train)  # Batch vs running statistics.
 
 
+def test_resnet18_has_the_published_parameter_count():
+  # RobustBench's ResNet18 / PreActResNet18 for CIFAR-10 (torchsummary's counts).
+  resnet = models.create_model("resnet", width=1, num_classes=10, input_shape=(32, 32, 3),
+                               seed=0, depth=18, base_channels=64)
+  preact = models.create_model("preact_resnet", width=1, num_classes=10,
+                               input_shape=(32, 32, 3), seed=0, depth=18, base_channels=64)
+  assert models.count_params(models.split(resnet)[1]) == 11_173_962
+  assert models.count_params(models.split(preact)[1]) == 11_171_146
+
+
 def test_bad_model_arguments():
   with pytest.raises(ValueError, match="depth must be 6n"):
     models.WideResNet(12, 1, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="width must be a positive integer"):
     models.create_model("mlp", width=0, num_classes=10, input_shape=(8, 8, 1), seed=0)
   with pytest.raises(ValueError, match="Unknown model family"):
-    models.create_model("resnet", width=1, num_classes=10, input_shape=(8, 8, 1), seed=0)
+    models.create_model("vit", width=1, num_classes=10, input_shape=(8, 8, 1), seed=0)
+  with pytest.raises(ValueError, match="ResNet depth must be one of"):
+    models.create_model("resnet", width=1, num_classes=10, input_shape=(8, 8, 1), seed=0,
+                        depth=20)
   with pytest.raises(ValueError, match="Unknown parameterization"):
     models.create_model("mlp", width=1, num_classes=10, input_shape=(8, 8, 1), seed=0,
                         parameterization="mup")

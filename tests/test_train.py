@@ -248,6 +248,7 @@ def test_a_missing_data_set_names_the_prepare_command(tmp_path):
     ("train.batch_size", 60, "the global batch is split evenly over the 8 devices, so it must "
      "be a multiple of 8"),
     ("model.depth", 12, "a WideResNet depth is 6n + 4"),
+    ("attack.norm", "l0", "use one of ('linf', 'l2', 'l1')"),
     ("train.method", "mart", "use one of ('standard', 'pgd_at', 'trades')"),
     ("war.rule", "adaptive", "needs reference_ratio > 0"),
     ("train.lr", float("inf"), "config.train.lr = inf is not allowed: it must be finite"),
@@ -260,6 +261,16 @@ def test_invalid_values_fail_at_start_up(key, value, message):
   *section, name = key.split(".")
   (config[section[0]] if section else config)[name] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_lib.validate(config, device_count=jax.device_count())
+
+
+def test_resnet_families_and_the_l1_norm_are_valid():
+  config = smoke.get_config()
+  config.attack.norm = "l1"
+  config.model.family, config.model.depth = "preact_resnet", 18
+  config_lib.validate(config, device_count=jax.device_count())
+  config.model.depth = 20
+  with pytest.raises(config_lib.ConfigError, match="a ResNet depth is 18 or 34"):
     config_lib.validate(config, device_count=jax.device_count())
 
 

@@ -1,6 +1,17 @@
 """AutoAttack (Croce & Hein, ICML 2020) in JAX: the standard ensemble APGD-CE, APGD-T, FAB-T and
-Square, run in cascade as the reference (fra31/auto-attack) runs it, plus named PGD and CW
-evaluations for the same suite.
+Square, run in cascade as the reference (fra31/auto-attack) runs it, its "plus" and "rand"
+versions, the ℓ1 threat model (Croce & Hein, ICML 2021), plus named PGD and CW evaluations for
+the same suite.
+
+The versions, with the reference's settings (`attack_settings`):
+  standard  APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries); for ℓ1,
+            APGD-CE with 5 restarts and APGD-T with 5 targets, both on the 3ε/2ε/ε schedule.
+  plus      APGD-CE and APGD-DLR with 5 restarts, FAB (untargeted, 5 restarts), Square,
+            APGD-T and FAB-T (9 targets each); ℓ∞ and ℓ2.
+  rand      APGD-CE and APGD-DLR against a randomized model, each gradient averaged over 20
+            draws (expectation over transformation); ℓ∞ and ℓ2. `logits_fn(x, key)` takes a
+            key; predictions use one fixed draw.
+  custom    the named attacks, in order, with the standard version's settings (FAB: plus's).
 
 Each attack runs only on the examples still robust after the attacks before it, so every
 example ends with the per-example worst case. Remaining examples go through in chunks of at
@@ -24,32 +35,42 @@ import numpy as np
 from robustwidth import metrics, validation
 from robustwidth.attacks import checks, components, geometry
 from robustwidth.attacks.apgd import apgd_batch, apgd_targeted_batch
-from robustwidth.attacks.fab import fab_targeted_batch
+from robustwidth.attacks.fab import fab_batch, fab_targeted_batch
 from robustwidth.attacks.pgd import pgd
 from robustwidth.attacks.square import NUM_QUERIES, P_INIT, check_image_shape, square_batch
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
-NAMED = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "pgd-<steps>", "cw-<steps>")
-VERSIONS = ("standard", "custom")
+PLUS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+RAND = ("apgd-ce", "apgd-dlr")
+NAMED = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square", "pgd-<steps>",
+         "cw-<steps>")
+VERSIONS = ("standard", "plus", "rand", "custom")
+EOT_DRAWS = 20
 _PGD = re.compile(r"^(pgd|cw)-([1-9][0-9]*)$")
 
 
-def attack_settings(name: str, num_classes: int) -> dict:
-  """The settings the named attack runs with (the reference's, for AutoAttack's components).
+def attack_settings(name: str, num_classes: int, *, norm: str = "linf",
+                    version: str = "standard") -> dict:
+  """The settings the named attack runs with in the given version and norm (the
+  reference's, for AutoAttack's components).
 
   pgd-k / cw-k: k steps of 2.5·ε/k (Madry et al.) from a uniform random start, on
   cross-entropy or the CW margin loss.
   """
   targets = min(9, num_classes - 1)
+  apgd = (dict(initial_step="eps", eps_schedule="3*eps,2*eps,eps", initial_sparsity=0.2)
+          if norm == "l1" else dict(initial_step="2*eps", momentum=0.75, rho=0.75))
   if name in ("apgd-ce", "apgd-dlr"):
-    return dict(loss=name[5:], num_steps=100, restarts=1, initial_step="2*eps",
-                momentum=0.75, rho=0.75)
+    restarts = 5 if version == "plus" or norm == "l1" else 1
+    return dict(loss=name[5:], num_steps=100, restarts=restarts,
+                eot_draws=EOT_DRAWS if version == "rand" else 1, **apgd)
   if name == "apgd-t":
-    return dict(loss="targeted-dlr", num_steps=100, num_targets=targets, initial_step="2*eps",
-                momentum=0.75, rho=0.75)
-  if name == "fab-t":
-    return dict(num_steps=100, num_targets=targets, alpha_max=0.1, eta=1.05, beta=0.9,
-                restarts=1)
+    return dict(loss="targeted-dlr", num_steps=100,
+                num_targets=min(5, targets) if norm == "l1" else targets, **apgd)
+  if name in ("fab", "fab-t"):
+    return dict(num_steps=100, alpha_max=0.1, eta=1.05, beta=0.9,
+                **(dict(num_targets=targets, restarts=1) if name == "fab-t" else
+                   dict(restarts=5)))
   if name == "square":
     return dict(num_queries=NUM_QUERIES, p_init=P_INIT, loss="margin")
   match = _PGD.match(name)
@@ -60,16 +81,21 @@ def attack_settings(name: str, num_classes: int) -> dict:
   raise ValueError(f"Unknown attack {name!r}; use one of {NAMED}.")
 
 
-def _run_attack(fn, x, y, indices, key, active, eps, *, name, norm, num_classes):
+def _run_attack(fn, randomized, x, y, indices, key, active, eps, *, name, norm, num_classes,
+                version):
   """One padded chunk of one attack: (x_adv, fooled) with x_adv = x where not fooled."""
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
-  settings = attack_settings(name, num_classes)
+  settings = attack_settings(name, num_classes, norm=norm, version=version)
   if name in ("apgd-ce", "apgd-dlr"):
     x_adv = apgd_batch(fn, x, y, keys, eps, norm=norm, loss=settings["loss"],
-                       num_steps=settings["num_steps"], restarts=settings["restarts"])
+                       num_steps=settings["num_steps"], restarts=settings["restarts"],
+                       randomized=randomized, eot_draws=settings["eot_draws"])
   elif name == "apgd-t":
     x_adv = apgd_targeted_batch(fn, x, y, keys, eps, norm=norm, num_steps=settings["num_steps"],
                                 num_targets=settings["num_targets"])
+  elif name == "fab":
+    x_adv = fab_batch(fn, x, y, keys, eps, norm=norm, num_steps=settings["num_steps"],
+                      restarts=settings["restarts"])
   elif name == "fab-t":
     x_adv = fab_targeted_batch(fn, x, y, eps, norm=norm, num_steps=settings["num_steps"],
                                num_targets=settings["num_targets"])
@@ -85,7 +111,12 @@ def _run_attack(fn, x, y, indices, key, active, eps, *, name, norm, num_classes)
   return jnp.where(components.rows(fooled, x), x_adv, x), fooled
 
 
-_run_attack_jit = jax.jit(_run_attack, static_argnames=("name", "norm", "num_classes"))
+_run_attack_jit = jax.jit(_run_attack, static_argnames=("name", "norm", "num_classes", "version"))
+
+
+def _one_draw(randomized, key, x):
+  """A randomized model `randomized(x, key)` at one fixed draw."""
+  return randomized(x, key)
 
 
 @jax.jit
@@ -105,16 +136,26 @@ def _chunks(indices: np.ndarray, batch_size: int):
     yield np.concatenate([chunk, np.full(size - len(chunk), chunk[0])]), len(chunk)
 
 
-def _attack_names(version: str, attacks) -> list[str]:
+def _attack_names(version: str, attacks, norm: str) -> list[str]:
   validation.check_choice("AutoAttack version", version, VERSIONS)
-  if version == "standard":
+  if version in ("plus", "rand") and norm == "l1":
+    raise ValueError(f"AutoAttack's {version!r} version is defined for linf and l2 (the "
+                     "reference warns with l1); for l1 use version='standard' or 'custom'.")
+  if version != "custom":
+    names = {"standard": STANDARD, "plus": PLUS, "rand": RAND}[version]
     if attacks is not None:
-      raise ValueError("attacks is only used with version='custom'; the standard version runs "
-                       f"{STANDARD}.")
-    return list(STANDARD)
+      raise ValueError(f"attacks is only used with version='custom'; the {version} version "
+                       f"runs {names}.")
+    return list(names)
   if not attacks:
     raise ValueError(f"version='custom' needs a list of attacks, e.g. {list(STANDARD)}.")
   return check_attack_names(attacks)
+
+
+def version_settings(version: str, norm: str, num_classes: int) -> dict:
+  """name -> settings of each attack a (non-custom) version runs, in order."""
+  return {name: attack_settings(name, num_classes, norm=norm, version=version)
+          for name in _attack_names(version, None, norm)}
 
 
 def check_attack_names(names) -> list[str]:
@@ -123,7 +164,7 @@ def check_attack_names(names) -> list[str]:
   if len(set(names)) != len(names):
     raise ValueError(f"Each attack may run once; got {names}.")
   for name in names:
-    if name not in NAMED[:5] and not _PGD.match(name):
+    if name not in NAMED[:6] and not _PGD.match(name):
       raise ValueError(f"Unknown attack {name!r}; use one of {NAMED}.")
   return names
 
@@ -136,9 +177,10 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
                attacks=None, batch_size: int = 256):
   """Runs AutoAttack; returns (x_adv, report).
 
-  logits_fn: x -> [B, K] logits in evaluation mode. x: [N, ...] in [0, 1] (NHWC images when
-  Square runs). version "standard": APGD-CE, APGD-T, FAB-T, Square with the reference's
-  settings; "custom": the `attacks` listed (names in `NAMED`, e.g. "pgd-20", "cw-20"), in order.
+  logits_fn: x -> [B, K] logits in evaluation mode (for version "rand", a randomized model
+  `logits_fn(x, key)`). x: [N, ...] in [0, 1] (NHWC images when Square runs). norm: "linf",
+  "l2" or "l1". version: "standard", "plus", "rand" (module doc) or "custom": the `attacks`
+  listed (names in `NAMED`, e.g. "pgd-20", "cw-20"), in order.
 
   x_adv[i] lies in B(x_i, eps) ∩ [0, 1]: the first adversarial example found for example i,
   or x_i if it stayed robust. The report holds clean_accuracy; robust_accuracy (the final one);
@@ -147,19 +189,22 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
   worst-case flags); perturbation_stability and the decomposition counts of
   `metrics.robustness_counts`; max_perturbation; and the call's arguments.
   """
-  names = _attack_names(version, attacks)
+  names = _attack_names(version, attacks, norm)
   validation.check_positive_int("batch_size", batch_size)
+  randomized = components.as_partial(logits_fn) if version == "rand" else None
+  fn = (jax.tree_util.Partial(_one_draw, randomized, jax.random.fold_in(key, 0))
+        if version == "rand" else components.as_partial(logits_fn))
   min_classes = 4 if "apgd-t" in names else 3 if "apgd-dlr" in names else 2
-  num_classes = components.check_args(logits_fn, x, y, eps, norm, min_classes=min_classes)
+  num_classes = components.check_args(fn, x, y, eps, norm, min_classes=min_classes)
   if "square" in names:
     check_image_shape(x, norm)
-  fn = components.as_partial(logits_fn)
   x = np.asarray(x, np.float32)
   y = np.asarray(y, np.int32)
   eps = jnp.float32(eps)
 
   first = slice(0, min(batch_size, len(x)))
-  checks.check_randomized(fn, x[first])
+  if version != "rand":   # as the reference, which expects randomness there
+    checks.check_randomized(fn, x[first])
   checks.check_probabilities(fn(x[first]))
   checks.check_zero_gradients(fn, x[first], y[first])
 
@@ -177,9 +222,9 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
     attack_key = _key_for(key, name)
     for rows, count in _chunks(np.flatnonzero(robust), batch_size):
       active = np.arange(len(rows)) < count
-      out, fooled = _run_attack_jit(fn, x[rows], y[rows], jnp.asarray(rows), attack_key,
-                                    jnp.asarray(active), eps, name=name, norm=norm,
-                                    num_classes=num_classes)
+      out, fooled = _run_attack_jit(fn, randomized, x[rows], y[rows], jnp.asarray(rows),
+                                    attack_key, jnp.asarray(active), eps, name=name, norm=norm,
+                                    num_classes=num_classes, version=version)
       fooled = np.asarray(fooled)[:count]
       hit = rows[:count][fooled]
       x_adv[hit] = np.asarray(out)[:count][fooled]
@@ -202,7 +247,8 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
       version=version, attacks=names, norm=norm, eps=float(eps), num_examples=len(x),
       batch_size=batch_size, clean_accuracy=accuracy_after["clean"],
       robust_accuracy=float(robust.mean()), accuracy_after=accuracy_after, seconds=seconds,
-      settings={name: attack_settings(name, num_classes) for name in names}, robust=robust,
+      settings={name: attack_settings(name, num_classes, norm=norm, version=version)
+                for name in names}, robust=robust,
       perturbation_stability=summary["perturbation_stability"],
       counts={k: v for k, v in summary.items() if k in metrics.CELLS or k == "count"},
       max_perturbation=float(np.max(geometry.norm(jnp.asarray(x_adv - x), norm))))

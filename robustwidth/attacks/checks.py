@@ -103,8 +103,11 @@ def check_square(accuracy_after: dict, *, tolerance: float = 0.002) -> bool:
 
 def box_eps(norm: str, shape) -> float:
   """The radius at which the threat model's ball covers the whole [0, 1] input box around any
-  point: 1 for ℓ∞, √d for ℓ2 with d inputs per example."""
-  return 1.0 if norm == "linf" else math.sqrt(math.prod(shape[1:]))
+  point: 1 for ℓ∞, √d for ℓ2 and d for ℓ1, with d inputs per example."""
+  if norm == "linf":
+    return 1.0
+  size = math.prod(shape[1:])
+  return float(size) if norm == "l1" else math.sqrt(size)
 
 
 def check_eps_curve(eps_values, accuracies, *, norm: str, shape,

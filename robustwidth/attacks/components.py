@@ -15,6 +15,11 @@ def as_partial(logits_fn) -> Partial:
   return logits_fn if isinstance(logits_fn, Partial) else Partial(logits_fn)
 
 
+def flat(v: jax.Array) -> jax.Array:
+  """[B, ...] -> [B, D]."""
+  return v.reshape(v.shape[0], -1)
+
+
 def rows(v: jax.Array, like: jax.Array) -> jax.Array:
   """Broadcasts a [B] vector against a [B, ...] batch."""
   return v.reshape((-1,) + (1,) * (like.ndim - 1))

@@ -1,5 +1,6 @@
-"""FAB-T, the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), as AutoAttack's
-standard version runs it (ℓ∞ and ℓ2).
+"""FAB, the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), targeted (FAB-T, as
+AutoAttack's standard version runs it) and untargeted (as its "plus" version runs it), on ℓ∞,
+ℓ2 and ℓ1 balls.
 
 FAB looks for the smallest perturbation that changes the decision. Each step linearizes the
 target-versus-true logit difference, projects both the current iterate and the clean point onto
@@ -9,6 +10,11 @@ the two projections, overshooting by η = 1.05 and weighting the clean point's b
 The standard version makes one run of 100 steps from the clean point (no random start) per
 target, for the 9 classes ranked highest after the top one. A run succeeds on an example when
 the smallest misclassified iterate it found lies within ε.
+
+Untargeted FAB linearizes, at each step, the difference to the class whose linearized boundary
+is nearest (|z_j − z_y| / ‖∇(z_j − z_y)‖_dual smallest), and makes 5 runs: the first from the
+clean point, the others from x + (ε/2)·t/‖t‖ (t uniform in [−1, 1] for ℓ∞, Gaussian for ℓ2
+and ℓ1), clipped to [0, 1].
 """
 import jax
 import jax.numpy as jnp
@@ -81,11 +87,67 @@ def project_l2(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   return -jnp.minimum(alpha[:, None], ratio) * w
 
 
-def fab_run(logits_fn, x, y, target, *, norm: str, num_steps: int, alpha_max: float = ALPHA_MAX,
-            eta: float = ETA, beta: float = BETA):
-  """One targeted FAB run from the clean point: (x_min, size), the smallest misclassified
-  iterate found and ‖x_min − x‖ (1e10, and x_min = x, where none was found)."""
-  project = project_linf if norm == "linf" else project_l2
+def project_l1(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+  """Minimal-ℓ1 step d with w·(t + d) = b and t + d ∈ [0, 1] (rows of [N, D] arrays).
+
+  Moving coordinate i by one unit against w's sign changes w·t by |w_i|, so the cheapest step
+  moves the coordinates in decreasing order of |w_i|, each to the box's face, until the
+  hyperplane is reached (the last one partly); the far corner where it cannot be reached.
+  Coordinates with |w_i| ≤ 1e-8 do not move, as in the reference.
+  """
+  gap = jnp.sum(w * t, axis=1) - b
+  w = jnp.where((gap >= 0)[:, None], w, -w)
+  gap = jnp.abs(gap)
+  w = jnp.where(jnp.abs(w) > 1e-8, w, 0.0)
+  order = jnp.argsort(-jnp.abs(w), axis=1)
+  weight_s = jnp.abs(jnp.take_along_axis(w, order, axis=1))
+  room_s = jnp.take_along_axis(_rooms(t, w), order, axis=1)
+  reach = jnp.cumsum(weight_s * room_s, axis=1)           # w·t lowered by the first k moves
+  full = reach < gap[:, None]                             # moved all the way to the face
+  before = reach - weight_s * room_s
+  partial = (gap[:, None] - before) / jnp.maximum(weight_s, 1e-30)
+  first_partial = full.sum(axis=1, keepdims=True) == jnp.arange(t.shape[1])[None]
+  move_s = jnp.where(full, room_s, jnp.where(first_partial, jnp.minimum(partial, room_s), 0.0))
+  move = jnp.zeros_like(move_s).at[jnp.arange(t.shape[0])[:, None], order].set(move_s)
+  return -jnp.sign(w) * move
+
+
+_PROJECTIONS = {"linf": project_linf, "l2": project_l2, "l1": project_l1}
+
+
+def _nearest_boundary(logits_fn, x1, y, norm):
+  """(z_j − z_y, ∇(z_j − z_y)) for each row's class j ≠ y whose linearized boundary is
+  nearest in the threat norm: K backward passes at once."""
+  logits, pullback = jax.vjp(logits_fn, x1)
+  num_classes = logits.shape[1]
+  basis = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None],
+                           (num_classes,) + logits.shape)
+  grads = jax.vmap(lambda e: pullback(e)[0])(basis)            # [K, B, ...]
+  grads = jnp.moveaxis(grads, 0, 1)                            # [B, K, ...]
+  index = jnp.arange(x1.shape[0])
+  df = logits - logits[index, y][:, None]
+  dg = grads - grads[index, y][:, None]
+  dual = jax.vmap(lambda g: geometry.dual_norm(g, norm), in_axes=1, out_axes=1)(dg)
+  dist = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), jnp.inf,
+                   jnp.abs(df) / (1e-12 + dual))
+  nearest = jnp.argmin(dist, axis=1)
+  return df[index, nearest], dg[index, nearest]
+
+
+def fab_start(keys: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
+  """The random start of FAB's later restarts: x + (ε/2)·t/‖t‖, clipped to [0, 1]."""
+  draw = jax.random.uniform if norm == "linf" else jax.random.normal
+  args = (-1.0, 1.0) if norm == "linf" else ()
+  t = jax.vmap(lambda k: draw(k, x.shape[1:], x.dtype, *args))(keys)
+  return jnp.clip(x + 0.5 * eps * t / components.rows(geometry.norm(t, norm), t), 0.0, 1.0)
+
+
+def fab_run(logits_fn, x, y, target, *, norm: str, num_steps: int, start=None,
+            alpha_max: float = ALPHA_MAX, eta: float = ETA, beta: float = BETA):
+  """One FAB run, targeted at `target` ([B] classes) or untargeted (target None), from
+  `start` (default: the clean point): (x_min, size), the smallest misclassified iterate found
+  and ‖x_min − x‖ (1e10, and x_min = x, where none was found)."""
+  project = _PROJECTIONS[norm]
   batch = x.shape[0]
   flat = lambda v: v.reshape(batch, -1)
   index = jnp.arange(batch)
@@ -96,9 +158,15 @@ def fab_run(logits_fn, x, y, target, *, norm: str, num_steps: int, alpha_max: fl
     per_example = logits[index, target] - logits[index, y]
     return jnp.sum(per_example), per_example
 
+  def linearize(x1):
+    if target is None:
+      return _nearest_boundary(logits_fn, x1, y, norm)
+    (_, df), grad = jax.value_and_grad(difference, has_aux=True)(x1)
+    return df, grad
+
   def body(_, carry):
     x1, x_min, size = carry
-    (_, df), grad = jax.value_and_grad(difference, has_aux=True)(x1)
+    df, grad = linearize(x1)
     w = flat(grad)
     b = jnp.sum(w * flat(x1), axis=1) - df          # the linearized boundary: w·z = b
     d = project(jnp.concatenate([flat(x1), flat(x)]), jnp.concatenate([w, w]),
@@ -116,9 +184,23 @@ def fab_run(logits_fn, x, y, target, *, norm: str, num_steps: int, alpha_max: fl
     x1 = jnp.where(components.rows(wrong, x), x + (x1 - x) * beta, x1)
     return x1, x_min, size
 
+  start = x if start is None else start
   _, x_min, size = jax.lax.fori_loop(  # rolled: see "Loop form" in apgd.py
-      0, num_steps, body, (x, x, jnp.full((batch,), _FAR, x.dtype)))
+      0, num_steps, body, (start, x, jnp.full((batch,), _FAR, x.dtype)))
   return x_min, size
+
+
+def fab_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf", num_steps: int = 100,
+              restarts: int = 5) -> jax.Array:
+  """`fab` with one PRNG key per example; unchecked, for jit."""
+
+  def run_one(r):
+    start = jnp.where(r == 0, x, fab_start(jax.vmap(lambda k: jax.random.fold_in(k, r))(keys),
+                                           x, eps, norm))
+    x_min, size = fab_run(logits_fn, x, y, None, norm=norm, num_steps=num_steps, start=start)
+    return x_min, (size <= eps) & components.misclassified(logits_fn, x_min, y)
+
+  return components.keep_first_success(logits_fn, x, y, restarts, run_one)
 
 
 def fab_targeted_batch(logits_fn, x, y, eps, *, norm: str = "linf", num_steps: int = 100,
@@ -134,6 +216,7 @@ def fab_targeted_batch(logits_fn, x, y, eps, *, norm: str = "linf", num_steps: i
   return components.keep_first_success(logits_fn, x, y, num_targets, run_one)
 
 
+_fab_jit = jax.jit(fab_batch, static_argnames=("norm", "num_steps", "restarts"))
 _fab_targeted_jit = jax.jit(fab_targeted_batch, static_argnames=("norm", "num_steps",
                                                                 "num_targets"))
 
@@ -151,3 +234,18 @@ def fab_targeted(logits_fn, x, y, *, eps, norm: str = "linf", num_steps: int = 1
   return jax.lax.stop_gradient(
       _fab_targeted_jit(components.as_partial(logits_fn), x, y, eps, norm=norm,
                         num_steps=num_steps, num_targets=num_targets))
+
+
+def fab(logits_fn, x, y, *, key, eps, norm: str = "linf", num_steps: int = 100,
+        restarts: int = 5) -> jax.Array:
+  """Untargeted FAB as in AutoAttack's "plus" version; returns x_adv (as `fab_targeted`).
+
+  The first run starts from the clean point, the others from random points (module doc).
+  """
+  validation.check_positive_int("num_steps", num_steps)
+  validation.check_positive_int("restarts", restarts)
+  components.check_args(logits_fn, x, y, eps, norm)
+  keys = jax.random.split(key, x.shape[0])
+  return jax.lax.stop_gradient(
+      _fab_jit(components.as_partial(logits_fn), x, y, keys, eps, norm=norm,
+               num_steps=num_steps, restarts=restarts))

@@ -1,4 +1,4 @@
-"""Projected gradient descent (Madry et al.) on ℓ∞ and ℓ2 balls, with the authors'
+"""Projected gradient descent (Madry et al.) on ℓ∞, ℓ2 and ℓ1 balls, with the authors'
 local-Lipschitz probe.
 
 Composed from the small pieces in `geometry` (start, ascent direction, projection) and
@@ -45,7 +45,7 @@ def _attack_once(logits_fn, x, y, logits_nat, key, eps, step_size, num_steps, no
     x_adv, probe = carry
     grad = grad_fn(x_adv)
     probe = jnp.maximum(probe, geometry.dual_norm(grad, norm))
-    x_adv = x_adv + step_size * geometry.ascent_direction(grad, norm)
+    x_adv = x_adv + step_size * geometry.ascent_direction(grad, norm, x_adv)
     return geometry.project(x_adv, x, eps, norm), probe
 
   start = geometry.random_start(key, x, eps, norm, init)
@@ -93,10 +93,12 @@ def pgd(logits_fn, x, y, *, key, eps, step_size, num_steps: int, norm: str = "li
         loss: str = "ce", init: str = "uniform", restarts: int = 1) -> jax.Array:
   """Projected gradient ascent on `loss` within B(x, eps) ∩ [0, 1]; returns x_adv.
 
-  logits_fn: x -> [B, K] logits in evaluation mode. norm: "linf" | "l2". loss: "ce", "cw"
-  (logit margin), "kl" (label-free, against the natural prediction: the TRADES inner attack;
-  y may be None) or "dlr". init: "uniform" (in the ball), "normal" (x + 0.001·N(0, 1)) or
-  "none". With restarts > 1 each example keeps its worst case over the restarts. The final
+  logits_fn: x -> [B, K] logits in evaluation mode. norm: "linf" | "l2" | "l1" (ℓ1: sparse
+  steps, see `geometry.ascent_direction`, and the exact projection onto the ball ∩ box; the
+  mass a random start puts off a sparse optimum decays slowly, so init="none" suits it).
+  loss: "ce", "cw" (logit margin), "kl" (label-free, against the natural prediction: the
+  TRADES inner attack; y may be None) or "dlr". init: "uniform" (in the ball), "normal"
+  (x + 0.001·N(0, 1)) or "none". With restarts > 1 each example keeps its worst case over the restarts. The final
   iterate is returned, as in the reference implementations.
   """
   return pgd_lipschitz_probe(logits_fn, x, y, key=key, eps=eps, step_size=step_size,

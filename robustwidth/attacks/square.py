@@ -1,12 +1,13 @@
 """Square Attack (Andriushchenko et al., ECCV 2020), the score-based black-box component of
-AutoAttack, on ℓ∞ and ℓ2 balls, with the reference's settings: 5,000 queries, p_init = 0.8, the
+AutoAttack, on ℓ∞, ℓ2 and ℓ1 balls, with the reference's settings: 5,000 queries, p_init = 0.8, the
 margin loss z_y − max_{j≠y} z_j, and the fixed (not query-rescaled) schedule of square sizes.
 
 Each query proposes a change of x_best on one random square window and keeps it if the margin
 fell or the example became misclassified; an example stops at its first success, and the loop
 stops when every example has. ℓ∞: vertical-stripe start of ±ε, then windows of ±2ε per channel.
 ℓ2: a start of ε-norm tiles, then each query moves the perturbation's mass from a second window
-into the first, as the reference does.
+into the first, as the reference does. ℓ1 (Croce & Hein, ICML 2021) as ℓ2, with ℓ1 norms, ring
+weights 1/(n + 1)⁴ and every proposal projected onto B₁(x, ε(1 − 10⁻⁶)) ∩ [0, 1].
 
 One difference from the reference: each example draws its own windows and signs (the reference
 shares them across its batch), so results do not depend on how examples are batched. Like the
@@ -26,6 +27,7 @@ from robustwidth.attacks import components, geometry, objectives
 P_INIT = 0.8
 NUM_QUERIES = 5000
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+_L1_SHRINK = 1.0 - 1e-6
 
 
 def p_schedule(num_queries: int, p_init: float = P_INIT) -> np.ndarray:
@@ -46,34 +48,39 @@ def window_sizes(num_queries: int, p_init: float, height: int, width: int, norm:
   return np.minimum(side, min(height, width)).astype(np.int32)
 
 
-def _rectangles(rows: int, cols: int) -> np.ndarray:
-  """Nested rectangles around (rows // 2, cols // 2), ring m weighing Σ_{n ≥ m} 1/(n + 1)²,
-  scaled to unit ℓ2 norm (the reference's `eta_rectangles`)."""
+def _unit(pattern: np.ndarray, norm: str) -> np.ndarray:
+  scale = np.sum(np.abs(pattern)) if norm == "l1" else np.sqrt(np.sum(pattern ** 2))
+  return pattern / scale
+
+
+def _rectangles(rows: int, cols: int, norm: str) -> np.ndarray:
+  """Nested rectangles around (rows // 2, cols // 2), ring m weighing Σ_{n ≥ m} 1/(n + 1)²
+  (ℓ2; 1/(n + 1)⁴ for ℓ1), scaled to unit norm (the reference's `eta_rectangles`)."""
   rings = np.maximum.outer(np.abs(np.arange(rows) - rows // 2),
                            np.abs(np.arange(cols) - cols // 2))
   top = max(rows // 2 + 1, cols // 2 + 1)
-  tail = np.cumsum((1.0 / np.arange(1, top + 1) ** 2)[::-1])[::-1]   # Σ_{n ≥ m} 1/(n+1)²
-  pattern = tail[rings]
-  return pattern / np.sqrt(np.sum(pattern ** 2))
+  power = 4 if norm == "l1" else 2
+  tail = np.cumsum((1.0 / np.arange(1, top + 1) ** power)[::-1])[::-1]
+  return _unit(tail[rings], norm)
 
 
-def l2_pattern(side: int) -> np.ndarray:
-  """The ℓ2 window pattern: rectangles of opposite sign in the top and bottom halves, unit
-  ℓ2 norm (the reference's `eta`)."""
+def window_pattern(side: int, norm: str = "l2") -> np.ndarray:
+  """The ℓ2 (ℓ1) window pattern: rectangles of opposite sign in the top and bottom halves,
+  unit norm (the reference's `eta`)."""
   half = side // 2
-  pattern = np.concatenate([_rectangles(half, side) if half else np.zeros((0, side)),
-                            -_rectangles(side - half, side)])
-  return pattern / np.sqrt(np.sum(pattern ** 2))
+  pattern = np.concatenate([_rectangles(half, side, norm) if half else np.zeros((0, side)),
+                            -_rectangles(side - half, side, norm)])
+  return _unit(pattern, norm)
 
 
-def _pattern_table(sides) -> tuple[np.ndarray, np.ndarray]:
+def _pattern_table(sides, norm: str) -> tuple[np.ndarray, np.ndarray]:
   """Each distinct side's pattern (top-left of a [max side]² table, with its transpose) and,
   per query, the row of the table to use."""
   distinct = sorted(set(int(s) for s in sides))
   size = max(distinct)
   table = np.zeros((len(distinct), 2, size, size), np.float32)
   for row, side in enumerate(distinct):
-    pattern = l2_pattern(side)
+    pattern = window_pattern(side, norm)
     table[row, 0, :side, :side] = pattern
     table[row, 1, :side, :side] = pattern.T
   return table, np.searchsorted(np.asarray(distinct), sides).astype(np.int32)
@@ -112,12 +119,12 @@ def _signs(u):
   return jnp.where(u < 0.5, -1.0, 1.0)
 
 
-def _start_tiles(height: int, width: int):
+def _start_tiles(height: int, width: int, norm: str):
   """The ℓ2 start's tiling (side H // 5, from (H − 5·side) // 2 on): per pixel, its tile
   (−1 outside every tile) and its value in the tile's pattern, as is and transposed."""
   side = height // 5
   origin = (height - 5 * side) // 2
-  pattern = l2_pattern(side)
+  pattern = window_pattern(side, norm)
   tile = np.full((height, width), -1, np.int32)
   values = np.zeros((2, height, width), np.float32)
   tops = range(origin, min(origin + side * (height // side), height), side)
@@ -131,11 +138,12 @@ def _start_tiles(height: int, width: int):
   return tile, values, len(tops) * len(lefts)
 
 
-def _l2_start(keys, x, eps):
-  """The reference's ℓ2 start: tiles of side H // 5, each the ℓ2 window pattern (or its
-  transpose) with a random sign per channel, scaled to norm ε and clipped to [0, 1]."""
+def _tiled_start(keys, x, eps, norm):
+  """The reference's ℓ2 (ℓ1) start: tiles of side H // 5, each the window pattern (or its
+  transpose) with a random sign per channel; ℓ2: scaled to norm ε and clipped to [0, 1];
+  ℓ1: projected onto B₁(x, ε(1 − 10⁻⁶)) ∩ [0, 1]."""
   _, height, width, channels = x.shape
-  tile, values, count = _start_tiles(height, width)
+  tile, values, count = _start_tiles(height, width, norm)
   u = jax.vmap(lambda k: jax.random.uniform(k, (count, 1 + channels)))(keys)
   covered = jnp.asarray(tile >= 0)[None, :, :, None]
   index = np.maximum(tile, 0)
@@ -143,6 +151,8 @@ def _l2_start(keys, x, eps):
   sign = _signs(u[:, index, 1:])                                # [B, H, W, C]
   delta = jnp.where(covered, jnp.where(flip, values[1][..., None], values[0][..., None]) * sign,
                     0.0)
+  if norm == "l1":
+    return geometry.project_l1(x + delta, x, eps * _L1_SHRINK)
   return jnp.clip(x + eps * delta / components.rows(geometry.norm(delta, "l2") + 1e-12, x),
                   0.0, 1.0)
 
@@ -166,9 +176,9 @@ def square_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf",
     start = _signs(jax.vmap(lambda k: jax.random.uniform(k, (1, width, channels)))(keys))
     x_best = jnp.clip(x + eps * start, 0.0, 1.0)
   else:
-    table, table_row = _pattern_table(sides)
+    table, table_row = _pattern_table(sides, norm)
     table, table_row = jnp.asarray(table), jnp.asarray(table_row)
-    x_best = _l2_start(keys, x, eps)
+    x_best = _tiled_start(keys, x, eps, norm)
   margin_best = _margin(logits_fn(x_best), y)
   clean_correct = ~components.misclassified(logits_fn, x, y)
   todo = clean_correct if active is None else clean_correct & active
@@ -187,14 +197,24 @@ def square_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf",
     second = _window_mask(window_corners(u[:, 2:4], side, height, width), side, height, width)
     flip = (u[:, 4] < 0.5).astype(jnp.int32)
     pattern = _place(table[table_row[i], flip], corner, height, width)
-    channel_norm = lambda v: jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
+    if norm == "l1":
+      channel_norm = lambda v: jnp.sum(jnp.abs(v), axis=(1, 2), keepdims=True)
+    else:
+      channel_norm = lambda v: jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
     first_norm = channel_norm(delta * mask)
     both_norm = channel_norm(delta * (mask | second))
-    total = components.rows(geometry.norm(delta, "l2"), x)
+    total = components.rows(geometry.norm(delta, norm), x)
     new = pattern * sign + delta * mask / (1e-12 + first_norm)
-    new = new / (1e-12 + channel_norm(new)) * jnp.sqrt(
-        jnp.maximum(eps ** 2 - total ** 2, 0.0) / channels + both_norm ** 2)
+    if norm == "l1":
+      # The reference's mass per channel, c·(the window's) + what the budget has left; the
+      # projection below brings the total back to ε.
+      mass = jnp.maximum(eps - total, 0.0) + channels * both_norm
+    else:
+      mass = jnp.sqrt(jnp.maximum(eps ** 2 - total ** 2, 0.0) / channels + both_norm ** 2)
+    new = new / (1e-12 + channel_norm(new)) * mass
     delta = jnp.where(mask, new, jnp.where(second, 0.0, delta))
+    if norm == "l1":
+      return geometry.project_l1(x + delta, x, eps * _L1_SHRINK)
     scale = eps / (geometry.norm(delta, "l2") + 1e-12)
     return jnp.clip(x + delta * components.rows(scale, x), 0.0, 1.0)
 
@@ -236,6 +256,6 @@ def square(logits_fn, x, y, *, key, eps, norm: str = "linf", num_queries: int = 
 def check_image_shape(x, norm: str) -> None:
   if x.ndim != 4:
     raise ValueError(f"Square Attack needs NHWC images [B, H, W, C], got shape {x.shape}.")
-  if norm == "l2" and min(x.shape[1:3]) < 5:
-    raise ValueError(f"The ℓ2 Square Attack tiles its start in H // 5 squares and needs images "
+  if norm != "linf" and min(x.shape[1:3]) < 5:
+    raise ValueError(f"The {norm} Square Attack tiles its start in H // 5 squares and needs images "
                      f"of at least 5×5 pixels, got {x.shape[1]}×{x.shape[2]}.")

@@ -1,13 +1,16 @@
-"""Model families: the TRADES WideResNet and small MLP/CNN width families."""
+"""Model families: the TRADES WideResNet, ResNet/PreActResNet (to evaluate published weights)
+and small MLP/CNN width families."""
 from robustwidth.models.functional import (LogitsFn, apply, count_params, logits_fn,
                                            model_logits_fn, partial_logits_fn, split)
 from robustwidth.models.layers import PARAMETERIZATIONS, Conv, Dense
+from robustwidth.models.resnet import Normalized, PreActResNet, ResNet
 from robustwidth.models.small import CNN, MLP
 from robustwidth.models.wide_resnet import WideResNet
 from robustwidth.models.factory import FAMILIES, create_model
 
 __all__ = [
-    "CNN", "Conv", "Dense", "FAMILIES", "LogitsFn", "MLP", "PARAMETERIZATIONS", "WideResNet",
+    "CNN", "Conv", "Dense", "FAMILIES", "LogitsFn", "MLP", "Normalized", "PARAMETERIZATIONS",
+    "PreActResNet", "ResNet", "WideResNet",
     "apply", "count_params", "create_model", "logits_fn", "model_logits_fn", "partial_logits_fn",
     "split",
 ]

@@ -1,10 +1,11 @@
 """Builds a model of a named family from plain arguments (what configs hold)."""
 from flax import nnx
 
+from robustwidth.models.resnet import PreActResNet, ResNet
 from robustwidth.models.small import CNN, MLP
 from robustwidth.models.wide_resnet import WideResNet
 
-FAMILIES = ("wide_resnet", "cnn", "mlp")
+FAMILIES = ("wide_resnet", "cnn", "mlp", "resnet", "preact_resnet")
 
 
 def create_model(family: str, *, width: int, num_classes: int,
@@ -13,8 +14,9 @@ def create_model(family: str, *, width: int, num_classes: int,
                  dtype=None) -> nnx.Module:
   """`input_shape` is (height, width, channels) of one image.
 
-  `depth` is the WideResNet depth or the MLP's number of hidden layers; `base_channels` the
-  channel (or, for the MLP, unit) count that `width` multiplies. The CNN ignores `depth`.
+  `depth` is the WideResNet or ResNet depth (ResNet: 18 or 34) or the MLP's number of hidden
+  layers; `base_channels` the channel (or, for the MLP, unit) count that `width` multiplies
+  (ResNet-18 as published: 64 channels at width 1). The CNN ignores `depth`.
   """
   rngs = nnx.Rngs(params=seed)
   common = dict(parameterization=parameterization, dtype=dtype, rngs=rngs)
@@ -26,4 +28,8 @@ def create_model(family: str, *, width: int, num_classes: int,
   if family == "mlp":
     return MLP(input_shape, num_classes, width=width, depth=depth, base_units=base_channels,
                **common)
+  if family in ("resnet", "preact_resnet"):
+    kind = ResNet if family == "resnet" else PreActResNet
+    return kind(depth, num_classes, in_channels=input_shape[-1],
+                base_channels=base_channels * width, **common)
   raise ValueError(f"Unknown model family {family!r}; use one of {FAMILIES}.")
