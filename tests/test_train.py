@@ -12,13 +12,14 @@ import time
 
 import chex
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from configs import smoke
+from configs import cifar10_methods, smoke
 from robustwidth import config as config_lib
 from robustwidth import train
-from robustwidth.checkpoint import CheckpointError
+from robustwidth.checkpoint import CheckpointError, Checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 1437 // 64  # digits train split, smoke batch size
@@ -91,10 +92,9 @@ def test_smoke_run_writes_its_outputs_and_a_finished_run_is_reused(baseline):
   assert time.time() - start < 60
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
-  reference, _ = baseline
-  workdir = tmp_path / "killed"
-  process = subprocess.Popen(_command(workdir, TRADES), cwd=REPO, env=_env(2),
+def _kill_after_step_5(workdir, overrides):
+  """Starts a run (checkpointing every 5 steps) and SIGKILLs it once step 5 is saved."""
+  process = subprocess.Popen(_command(workdir, overrides), cwd=REPO, env=_env(2),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first_checkpoint = workdir / "checkpoints" / "5"
   deadline = time.time() + 300
@@ -103,6 +103,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
     time.sleep(0.01)
   os.kill(process.pid, signal.SIGKILL)
   process.wait()
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
+  reference, _ = baseline
+  workdir = tmp_path / "killed"
+  _kill_after_step_5(workdir, TRADES)
   latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert latest % STEPS_PER_EPOCH and not (workdir / "record.json").exists()
   resumed = _launch(workdir)
@@ -141,6 +147,53 @@ def test_eight_devices_train_what_one_device_trains(tmp_path):
     assert eight[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
   chex.assert_trees_all_close(_params(tmp_path / "eight"), _params(tmp_path / "one"),
                               atol=1e-5, rtol=1e-4)
+
+
+# MART with AWP from epoch 2 and a moving average of the weights: the train state then also
+# holds the average, and the step's program changes with the step number.
+METHODS = ("train.method=mart", "train.awp_gamma=0.005", "train.awp_start_epoch=2",
+           "train.ema_decay=0.9", "train.checkpoint_every_steps=5")
+
+
+def _latest_state(workdir):
+  checkpoints = Checkpoints(str(pathlib.Path(workdir) / "checkpoints"))
+  step = checkpoints.latest_step()
+  config = ml_collections.ConfigDict(json.loads(checkpoints.meta(step)["config"]))
+  state, _ = checkpoints.restore(step, train._Run(config, str(workdir)).state,
+                                 config.to_json(sort_keys=True))
+  checkpoints.close()
+  return jax.device_get(state)
+
+
+def test_mart_with_awp_and_a_weight_average_trains_and_resumes_exactly(tmp_path):
+  reference, workdir = tmp_path / "uninterrupted", tmp_path / "killed"
+  _launch(reference, METHODS)
+  _kill_after_step_5(workdir, METHODS)
+  latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert latest < STEPS_PER_EPOCH and not (workdir / "record.json").exists()
+  assert f"from step {latest}" in _launch(workdir, METHODS).stdout
+  expected, got = _record(reference), _record(workdir)
+  assert {k: got[k] for k in EVAL_KEYS} == {k: expected[k] for k in EVAL_KEYS}
+  assert got["method"] == "mart" and got["evaluated_weights"] == "ema"
+  assert got["natural_accuracy"] > 0.25
+  state, expected_state = _latest_state(workdir), _latest_state(reference)
+  chex.assert_trees_all_equal(state.params, expected_state.params)
+  chex.assert_trees_all_equal(state.ema_params, expected_state.ema_params)
+  # The evaluated (and restored) weights are the average, not the last iterate.
+  chex.assert_trees_all_equal(_params(workdir), state.ema_params)
+  assert not any(np.allclose(raw, average) for raw, average in
+                 zip(jax.tree.leaves(state.params), jax.tree.leaves(state.ema_params)))
+
+
+@pytest.mark.parametrize("method,beta,gamma", [("trades", 6.0, 5e-3), ("pgd_at", 1.0, 1e-2)])
+def test_awp_trains_on_top_of_trades_and_pgd_at(method, beta, gamma, tmp_path):
+  config = smoke.get_config()  # TRADES-AWP and AT-AWP (Madry's λ = 1), AWP from epoch 1.
+  config.train.method, config.train.beta = method, beta
+  config.train.awp_gamma, config.train.awp_start_epoch = gamma, 1
+  record = train.train_and_evaluate(config, str(tmp_path))
+  assert record["method"] == method and record["evaluated_weights"] == "raw"
+  assert record["config"]["train"]["awp_gamma"] == gamma
+  assert record["natural_accuracy"] > 0.25  # Two epochs learn something on digits.
 
 
 def _baseline_config():
@@ -192,7 +245,10 @@ def test_a_missing_data_set_names_the_prepare_command(tmp_path):
     ("train.schedule", "step", "use one of ('multistep', 'halving', 'cosine', 'constant')"),
     ("train.batch_size", 60, "it must be divisible by the 8 devices"),
     ("model.depth", 12, "a WideResNet depth is 6n + 4"),
-    ("train.method", "mart", "use one of ('standard', 'pgd_at', 'trades')"),
+    ("train.method", "awp", "use one of ('standard', 'pgd_at', 'trades', 'mart')"),
+    ("train.ema_decay", 1.0, "config.train.ema_decay = 1.0 is not allowed: it must lie in [0, 1)"),
+    ("train.awp_gamma", -0.01, "config.train.awp_gamma = -0.01 is not allowed: it must be >= 0"),
+    ("train.awp_start_epoch", 0, "it must be an integer >= 1"),
     ("war.rule", "adaptive", "needs reference_ratio > 0"),
 ])
 def test_invalid_values_fail_at_start_up(key, value, message):
@@ -212,6 +268,11 @@ def test_unknown_keys_are_named():
   result = subprocess.run(_command("/tmp/unused", ("train.betaa=9",)), cwd=REPO, env=_env(1),
                           capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and "betaa" in result.stderr
+
+
+@pytest.mark.parametrize("method", cifar10_methods.METHODS)
+def test_the_method_configs_are_valid(method):
+  config_lib.validate(cifar10_methods.get_config(f"method={method}"))
 
 
 def test_config_file_arguments_are_parsed_and_checked():
