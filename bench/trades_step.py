@@ -27,10 +27,11 @@ def compile_step(args, config, graphdef, params, model_state):
       config.train.schedule, base_lr=config.train.lr, steps_per_epoch=50_000 // args.batch,
       epochs=config.train.epochs, decay_epochs=config.train.decay_epochs),
       momentum=config.train.momentum, weight_decay=config.train.weight_decay)
-  settings = train.train_settings(config)
+  settings = train.train_settings(config, steps_per_epoch=50_000 // args.batch)
   mesh = parallel.data_mesh()
   state = parallel.replicate(steps.init_train_state(
-      params, model_state, optimizer, config.seed, settings.rule), mesh)
+      params, model_state, optimizer, config.seed, settings.rule,
+      ema=settings.ema_decay > 0), mesh)
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   batch_spec = {
       "image": jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size,

@@ -53,7 +53,7 @@ def base() -> ml_collections.ConfigDict:
   c.attack.eps = 0.031       # TRADES' 0.031; RobustBench uses 8/255 (0.0314) — not the same
 
   c.train = ml_collections.ConfigDict()
-  c.train.method = "trades"          # standard | pgd_at | trades
+  c.train.method = "trades"          # standard | pgd_at | trades | mart
   c.train.beta = 6.0                 # TRADES β = Eq. 1's λ (λ0 for the WAR rules)
   c.train.stop_gradient_target = False   # reference: gradients flow through the clean target
   c.train.attack_steps = 10          # inner maximization (KL for trades, CE for pgd_at)
@@ -69,6 +69,13 @@ def base() -> ml_collections.ConfigDict:
   c.train.decay_epochs = (75, 90)    # multistep: ×0.1 at each
   c.train.halving_start = 75         # halving: ×0.5 every epoch from here
   c.train.checkpoint_every_steps = 0  # extra mid-epoch checkpoints (0: at epoch ends only)
+  # MART's λ is train.beta (its reference: 6, inner attack CE from x + 0.001·N(0,1), the
+  # attack defaults above). AWP perturbs the weights with any method; its references: TRADES-AWP
+  # γ 5e-3 from epoch 10, AT-AWP (pgd_at) γ 1e-2 from epoch 1.
+  c.train.awp_gamma = 0.0            # AWP: ‖v_l‖ = γ·‖w_l‖ per weight tensor (0: off)
+  c.train.awp_start_epoch = 10       # AWP from this epoch on (counted from 1)
+  c.train.ema_decay = 0.0            # moving average of the weights, which are then the ones
+                                     # evaluated and kept as best (0: off; e.g. 0.995)
 
   c.war = ml_collections.ConfigDict()
   c.war.rule = "fixed"               # fixed | static | adaptive (see robustwidth/war.py)
@@ -196,7 +203,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
       _fail(key, given[key], f"use one of {allowed}")
   positive_ints = ("model.depth", "model.width", "model.base_channels", "train.attack_steps",
                    "train.epochs", "train.batch_size", "eval.every_epochs", "eval.batch_size",
-                   "eval.num_steps", "eval.restarts")
+                   "eval.num_steps", "eval.restarts", "train.awp_start_epoch")
   for key in positive_ints:
     if not isinstance(given[key], int) or given[key] < 1:
       _fail(key, given[key], "it must be an integer >= 1")
@@ -211,10 +218,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
       _fail(key, given[key], "it must be an integer >= 0 (0: off)")
   nonnegative = ("attack.eps", "train.beta", "train.attack_step_size", "train.lr",
                  "train.momentum", "train.weight_decay", "eval.step_size",
-                 "train.checkpoint_every_steps", "data.crop_padding")
+                 "train.checkpoint_every_steps", "data.crop_padding", "train.awp_gamma")
   for key in nonnegative:
     if not given[key] >= 0:
       _fail(key, given[key], "it must be >= 0")
+  if not 0 <= config.train.ema_decay < 1:
+    _fail("train.ema_decay", config.train.ema_decay, "it must lie in [0, 1) (0: no average)")
   if not 0 <= config.data.extra_fraction < 1:
     _fail("data.extra_fraction", config.data.extra_fraction, "it must lie in [0, 1)")
   if config.data.extra_fraction and not config.data.extra_path:

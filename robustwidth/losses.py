@@ -1,4 +1,4 @@
-"""Training losses: cross-entropy, TRADES and PGD-AT in the paper's Eq. 1 form.
+"""Training losses: cross-entropy, TRADES and PGD-AT in the paper's Eq. 1 form, and MART.
 
 Eq. 1:  L(θ; x, y) + λ · (L(θ; x̂, y) − L(θ; x, y)),  x̂ the inner maximizer.
 TRADES replaces the loss difference by KL(f(x) ‖ f(x̂)), so TRADES' β is this λ; λ = 1 with
@@ -44,3 +44,37 @@ def pgd_at(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array, lam)
   """Eq. 1 with cross-entropy: CE(x) + λ · (CE(x̂) − CE(x)); λ = 1 is Madry's PGD-AT."""
   natural = cross_entropy(logits_nat, labels)
   return natural + lam * (cross_entropy(logits_adv, labels) - natural)
+
+
+def mart_boosted_cross_entropy(logits_adv: jax.Array, labels: jax.Array) -> jax.Array:
+  """MART's boosted cross-entropy on x̂ per example: [B].
+
+  CE(f(x̂), y) − log(1.0001 − p_k(x̂) + 1e-12), k the most probable wrong class under f(x̂);
+  the second term pushes the strongest wrong class down. The constants are the reference's.
+  """
+  probs = jax.nn.softmax(logits_adv, axis=-1)
+  true_class = jax.nn.one_hot(labels, logits_adv.shape[-1], dtype=bool)
+  top_wrong = jnp.max(jnp.where(true_class, -jnp.inf, probs), axis=-1)
+  return cross_entropy_per_example(logits_adv, labels) - jnp.log(1.0001 - top_wrong + 1e-12)
+
+
+def mart_weighted_kl(logits_nat: jax.Array, logits_adv: jax.Array,
+                     labels: jax.Array) -> jax.Array:
+  """MART's robust term per example: KL(p(x) ‖ p(x̂)) · (1 − p_y(x)), [B].
+
+  The weight emphasizes misclassified clean examples. As in the reference, log p(x̂) is
+  log(p(x̂) + 1e-12), the weight is 1.0000001 − p_y(x), and gradients flow through p(x) in
+  both the KL and the weight.
+  """
+  log_p = jax.nn.log_softmax(logits_nat, axis=-1)
+  p = jnp.exp(log_p)
+  log_q = jnp.log(jax.nn.softmax(logits_adv, axis=-1) + 1e-12)
+  true_prob = jnp.take_along_axis(p, labels[:, None], axis=-1)[:, 0]
+  return jnp.sum(p * (log_p - log_q), axis=-1) * (1.0000001 - true_prob)
+
+
+def mart(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array, lam) -> jax.Array:
+  """MART (Wang et al., ICLR 2020): mean BCE(f(x̂), y) + λ · mean KL(p(x) ‖ p(x̂))·(1 − p_y(x));
+  the reference's λ is 6."""
+  return (jnp.mean(mart_boosted_cross_entropy(logits_adv, labels))
+          + lam * jnp.mean(mart_weighted_kl(logits_nat, logits_adv, labels)))

@@ -1,8 +1,10 @@
-"""SGD with momentum and coupled weight decay, and the paper's learning-rate schedules (optax).
+"""SGD with momentum and coupled weight decay, the paper's learning-rate schedules (optax), and
+an exponential moving average of the weights.
 
 Coupled weight decay as in PyTorch's SGD: the decay term wd·θ is added to the gradient before
 momentum, on every parameter (BatchNorm and biases included, as in the reference code).
 """
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("multistep", "halving", "cosine", "constant")
@@ -34,3 +36,19 @@ def sgd(schedule: optax.Schedule, *, momentum: float, weight_decay: float
         ) -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(weight_decay),
                      optax.sgd(schedule, momentum=momentum))
+
+
+def ema_decay_at(decay: float, step):
+  """The weight average's decay at its update after `step` optimizer steps (0 at the first):
+  min(decay, (1 + t) / (10 + t)), the usual warm-up, so that the early average soon forgets
+  the initialization."""
+  t = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1 + t) / (10 + t))
+
+
+def update_ema(ema_params, params, decay: float, step):
+  """One step of the exponential moving average of the weights (decay by `ema_decay_at`)."""
+  if ema_params is None:
+    raise ValueError("There is no weight average to update: start from a train state that "
+                     "keeps one (steps.init_train_state(..., ema=True)).")
+  return optax.incremental_update(params, ema_params, 1 - ema_decay_at(decay, step))

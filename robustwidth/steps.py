@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from robustwidth import attacks, losses, metrics, war
+from robustwidth import attacks, awp, losses, metrics, optim, war
 from robustwidth.data.augment import random_crop_flip
 from robustwidth.models.functional import apply, logits_fn
 
-METHODS = ("standard", "pgd_at", "trades")
+METHODS = ("standard", "pgd_at", "trades", "mart")
 
 
 @flax.struct.dataclass
@@ -30,12 +30,22 @@ class TrainState:
   opt_state: optax.OptState
   key: jax.Array             # raw uint32 PRNG key the step keys are folded from
   war: war.WarState          # the current λ (TRADES β) and its running statistics
+  ema_params: nnx.State | None = None  # moving average of params (None: not kept)
 
 
-def init_train_state(params, model_state, optimizer, seed: int, rule: war.Rule) -> TrainState:
+def init_train_state(params, model_state, optimizer, seed: int, rule: war.Rule,
+                     ema: bool = False) -> TrainState:
+  """`ema`: keep a moving average of the weights, starting from `params` (a copy: a donated
+  state must not alias buffers)."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                     opt_state=optimizer.init(params), key=jax.random.PRNGKey(seed),
-                    war=rule.init())
+                    war=rule.init(),
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+def evaluated_params(state: TrainState) -> nnx.State:
+  """The weights a run evaluates and keeps the best of: the moving average if it keeps one."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +71,9 @@ class TrainSettings:
   stop_gradient_target: bool = False
   crop_padding: int = 0
   flip: bool = False
+  awp_gamma: float = 0.0          # AWP's relative weight perturbation γ (0: no AWP)
+  awp_start_step: int = 0         # AWP from this optimizer step on
+  ema_decay: float = 0.0          # decay of the weights' moving average (0: none kept)
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -97,18 +110,32 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         loss = losses.trades(logits_nat, logits_adv, y, beta,
                              stop_gradient_target=settings.stop_gradient_target)
         robust = jnp.mean(losses.trades_kl(logits_nat, logits_adv))
+      elif settings.method == "mart":
+        loss = losses.mart(logits_nat, logits_adv, y, beta)
+        # λ's rules weigh its term against MART's unweighted one, the boosted CE on x̂.
+        natural = jnp.mean(losses.mart_boosted_cross_entropy(logits_adv, y))
+        robust = jnp.mean(losses.mart_weighted_kl(logits_nat, logits_adv, y))
       else:
         loss = losses.pgd_at(logits_nat, logits_adv, y, beta)
         robust = losses.cross_entropy(logits_adv, y) - natural
       return loss, (model_state, natural, robust, logits_nat, logits_adv)
 
+    params_at = state.params  # Where the gradient is taken: w, or w + v under AWP.
+    if settings.awp_gamma:
+      gamma = jnp.where(state.step >= settings.awp_start_step, settings.awp_gamma, 0.0)
+      params_at = awp.perturbed_params(lambda p: loss_fn(p)[0], state.params, gamma)
     grads, (model_state, natural, robust, logits_nat, logits_adv) = jax.grad(
-        loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        loss_fn, has_aux=True)(params_at)
+    # Weight decay acts on w + v, as the reference's optimizer step before it restores w.
+    updates, opt_state = optimizer.update(grads, state.opt_state, params_at)
     params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if settings.ema_decay:
+      ema_params = optim.update_ema(ema_params, params, settings.ema_decay, state.step)
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state,
-                              war=settings.rule.update(state.war, natural, robust))
+                              war=settings.rule.update(state.war, natural, robust),
+                              ema_params=ema_params)
     step_metrics = {
         "loss": natural + beta * robust,
         "natural_loss": natural,

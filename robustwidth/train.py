@@ -66,7 +66,8 @@ def reference_ratio(config: ml_collections.ConfigDict) -> float | None:
     return json.load(f)["war_ratio"]
 
 
-def train_settings(config: ml_collections.ConfigDict) -> steps.TrainSettings:
+def train_settings(config: ml_collections.ConfigDict, steps_per_epoch: int
+                   ) -> steps.TrainSettings:
   attack = None
   if config.train.method != "standard":
     attack = steps.AttackSettings(
@@ -77,7 +78,10 @@ def train_settings(config: ml_collections.ConfigDict) -> steps.TrainSettings:
       method=config.train.method, attack=attack,
       rule=config_lib.war_rule(config, reference_ratio(config)),
       stop_gradient_target=config.train.stop_gradient_target,
-      crop_padding=config.data.crop_padding, flip=config.data.flip)
+      crop_padding=config.data.crop_padding, flip=config.data.flip,
+      awp_gamma=config.train.awp_gamma,
+      awp_start_step=(config.train.awp_start_epoch - 1) * steps_per_epoch,
+      ema_decay=config.train.ema_decay)
 
 
 def eval_attack(config: ml_collections.ConfigDict) -> steps.AttackSettings:
@@ -112,11 +116,12 @@ class _Run:
         halving_start=config.train.halving_start)
     self.optimizer = optim.sgd(self.schedule, momentum=config.train.momentum,
                                weight_decay=config.train.weight_decay)
-    self.settings = train_settings(config)
+    self.settings = train_settings(config, self.steps_per_epoch)
     self.mesh = parallel.data_mesh()
     self.eval_padded_batch = config_lib.eval_padded_batch(config, jax.device_count())
     self.state = parallel.replicate(steps.init_train_state(
-        params, model_state, self.optimizer, config.seed, self.settings.rule), self.mesh)
+        params, model_state, self.optimizer, config.seed, self.settings.rule,
+        ema=self.settings.ema_decay > 0), self.mesh)
     self.eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _EVAL_KEY_SALT)
 
   def compile(self) -> None:
@@ -149,7 +154,7 @@ class _Run:
                total=-(-len(self.test_split) // self.config.eval.batch_size), mininterval=1.0)
     for index, batch in enumerate(bar):
       key = jax.random.fold_in(self.eval_key, index)
-      counts = self.eval_step(state.params, state.model_state,
+      counts = self.eval_step(steps.evaluated_params(state), state.model_state,
                               parallel.put_batch(batch, self.mesh), key)
       totals = metrics.add_counts(totals, jax.device_get(counts))
     lipschitz = float(totals.pop("lipschitz_sum")) / max(int(totals["count"]), 1)
@@ -367,6 +372,7 @@ def _record(run: _Run, checkpoints: Checkpoints, state, meta: dict) -> dict:
       "beta_rule": rule.describe(), "war_ratio": war.measured_ratio(final_war),
       "war_reference_ratio": rule.reference_ratio,
       **best_meta["eval"], "best_epoch": best_meta["epoch"], "best_step": best_step,
+      "evaluated_weights": "ema" if run.settings.ema_decay else "raw",
       "epochs": config.train.epochs,
       "train_lipschitz_probe": meta["epoch_train"]["lipschitz_probe"],
       "train_accuracy": meta["epoch_train"]["train_accuracy"],
@@ -401,7 +407,8 @@ def _finished_record(record_path: str, config: ml_collections.ConfigDict) -> dic
 
 
 def restore_model(workdir: str, which: str = "best"):
-  """(graphdef, params, model_state, config) of a run's best or latest checkpoint."""
+  """(graphdef, params, model_state, config) of a run's best or latest checkpoint; params are
+  the weights the run evaluated (the moving average if it kept one)."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"There is no run directory {workdir}; check --workdir.")
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
@@ -414,5 +421,5 @@ def restore_model(workdir: str, which: str = "best"):
   run = _Run(config, workdir)
   state, _ = checkpoints.restore(step, run.state, run.config_json)
   checkpoints.close()
-  return run.graphdef, state.params, state.model_state, config
+  return run.graphdef, steps.evaluated_params(state), state.model_state, config
 

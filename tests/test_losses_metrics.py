@@ -138,3 +138,60 @@ def test_robustness_refuses_what_would_give_a_wrong_fraction(change, message):
   args = {"nat": nat, "adv": adv, "labels": y, **change}
   with pytest.raises(ValueError, match=message):
     metrics.robustness(args["nat"], args["adv"], args["labels"])
+
+
+# MART on two examples, three classes (the clean logits NAT above):
+#   softmax(ADV_MART) = [1/8, 3/8, 4/8] and [2/8, 1/8, 5/8].
+# Example 0 (y = 2) is most probable under x̂, so its strongest wrong class is the runner-up,
+# class 1 (3/8); example 1 (y = 1) is wrong under x̂, and its strongest wrong class is the top
+# one, class 2 (5/8).
+ADV_MART = jnp.log(jnp.array([[1.0, 3.0, 4.0], [2.0, 1.0, 5.0]]))
+MART_BCE = [-np.log(4 / 8) - np.log(1.0001 - 3 / 8 + 1e-12),
+            -np.log(1 / 8) - np.log(1.0001 - 5 / 8 + 1e-12)]
+MART_KL = [2 / 8 * np.log((2 / 8) / (3 / 8)) + 5 / 8 * np.log((5 / 8) / (4 / 8)),
+           3 / 5 * np.log((3 / 5) / (2 / 8)) + 1 / 5 * np.log((1 / 5) / (1 / 8))
+           + 1 / 5 * np.log((1 / 5) / (5 / 8))]
+MART_WEIGHT = [1.0000001 - 5 / 8, 1.0000001 - 1 / 5]  # 1 − p_y(x) of the clean predictions
+
+
+def test_mart_terms_and_loss_by_hand():
+  np.testing.assert_allclose(losses.mart_boosted_cross_entropy(ADV_MART, LABELS), MART_BCE,
+                             rtol=1e-5)
+  np.testing.assert_allclose(losses.mart_weighted_kl(NAT, ADV_MART, LABELS),
+                             np.multiply(MART_KL, MART_WEIGHT), rtol=1e-5)
+  expected = np.mean(MART_BCE) + 6.0 * np.mean(np.multiply(MART_KL, MART_WEIGHT))
+  assert float(losses.mart(NAT, ADV_MART, LABELS, 6.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def _mart_numpy(nat, adv, y, lam):
+  """The reference's MART loss, written from its description in float64: the strongest wrong
+  class from an argsort of p(x̂), nothing detached."""
+  softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(
+      z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  p, q = softmax(nat), softmax(adv)
+  rows = np.arange(len(y))
+  top2 = np.argsort(q, axis=1)[:, -2:]
+  wrong = np.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+  bce = -np.log(q[rows, y]) - np.log(1.0001 - q[rows, wrong] + 1e-12)
+  kl = np.sum(p * (np.log(p) - np.log(q + 1e-12)), axis=1) * (1.0000001 - p[rows, y])
+  return bce.mean() + lam * kl.mean()
+
+
+def test_mart_gradients_match_finite_differences_of_the_reference_loss():
+  # Gradients flow through p(x) in both the KL and its weight, and through p(x̂) in all terms.
+  rng = np.random.default_rng(0)
+  nat, adv = rng.normal(size=(2, 4, 5))
+  y = np.array([0, 3, 1, 4])
+  grad_nat, grad_adv = jax.grad(losses.mart, argnums=(0, 1))(
+      jnp.asarray(nat, jnp.float32), jnp.asarray(adv, jnp.float32), jnp.asarray(y), 6.0)
+  h = 1e-6
+  for logits, grad, which in ((nat, grad_nat, 0), (adv, grad_adv, 1)):
+    numeric = np.zeros_like(logits)
+    for index in np.ndindex(logits.shape):
+      step = np.zeros_like(logits)
+      step[index] = h
+      plus = [nat, adv]
+      minus = [nat, adv]
+      plus[which], minus[which] = logits + step, logits - step
+      numeric[index] = (_mart_numpy(*plus, y, 6.0) - _mart_numpy(*minus, y, 6.0)) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, atol=2e-5)

@@ -130,3 +130,61 @@ def test_one_pass_over_both_batches_equals_two_passes_and_moves_no_data():
   assert not np.allclose(natural, adversarial, atol=1e-3)
   hlo = paired.lower(x, x_adv).compile().as_text()
   assert not any(op in hlo for op in ("all-to-all", "all-gather", "collective-permute"))
+
+
+
+def _mlp_state(optimizer, rule, ema=False):
+  """A BatchNorm-free MLP's train state: its steps compile in about a second."""
+  graphdef, params, model_state = models.split(helpers.tiny_mlp())
+  return graphdef, steps.init_train_state(params, model_state, optimizer, seed=0, rule=rule,
+                                          ema=ema)
+
+
+def test_awp_step_applies_the_gradient_at_the_perturbed_weights_to_the_weights():
+  gamma, lr, wd = 0.02, 0.1, 0.5  # A large weight decay, to see which weights it acts on.
+  optimizer = optim.sgd(optim.learning_rate_schedule("constant", base_lr=lr,
+                                                     steps_per_epoch=1, epochs=1),
+                        momentum=0.9, weight_decay=wd)
+  settings = steps.TrainSettings(method="standard", attack=None)
+  graphdef, state = _mlp_state(optimizer, settings.rule)
+  awp_settings = steps.TrainSettings(method="standard", attack=None, awp_gamma=gamma,
+                                     awp_start_step=1)
+  plain = jax.jit(steps.make_train_step(graphdef, optimizer, settings))
+  with_awp = jax.jit(steps.make_train_step(graphdef, optimizer, awp_settings))
+  batch = _batch()
+  # Before its start step AWP does nothing.
+  chex.assert_trees_all_equal(with_awp(state, batch)[0].params, plain(state, batch)[0].params)
+  # From it on: v_l = γ‖w_l‖ g_l/‖g_l‖ on the matrices, g = ∇L(w); then
+  # w ← w − lr·(∇L(w + v) + wd·(w + v)) (a first SGD step: momentum has nothing to carry yet).
+  state = state.replace(step=jnp.ones((), jnp.int32))
+  x, y = batch["image"], batch["label"]
+  loss_grad = jax.jit(jax.grad(lambda p: jnp.mean(-jax.nn.log_softmax(
+      models.apply(graphdef, p, state.model_state, x, train=True)[0])[jnp.arange(len(y)), y])))
+  w = jax.device_get(state.params)
+  v = jax.tree.map(lambda g, w: gamma * np.linalg.norm(w) * g / np.linalg.norm(g)
+                   if w.ndim >= 2 else np.zeros_like(w), jax.device_get(loss_grad(w)), w)
+  at = jax.tree.map(np.add, w, v)
+  expected = jax.tree.map(lambda w, g, a: w - lr * (g + wd * a), w,
+                          jax.device_get(loss_grad(at)), at)
+  got = jax.device_get(with_awp(state, batch)[0].params)
+  chex.assert_trees_all_close(got, expected, atol=1e-6, rtol=1e-5)
+  without = jax.device_get(plain(state, batch)[0].params)
+  assert not np.allclose(without["head"]["kernel"][...], got["head"]["kernel"][...], atol=1e-6)
+
+
+def test_weight_average_follows_the_warmed_up_recurrence():
+  _, optimizer, settings, _ = _setup("standard")
+  decay = 0.2  # Under the warm-up (1 + t)/(10 + t) for t < 2, capped from t = 2 on.
+  settings = steps.TrainSettings(method="standard", attack=None, rule=settings.rule,
+                                 ema_decay=decay)
+  graphdef, state = _mlp_state(optimizer, settings.rule, ema=True)
+  step = jax.jit(steps.make_train_step(graphdef, optimizer, settings))
+  average = jax.device_get(state.params)
+  for d in [1 / 10, 2 / 11, 0.2, 0.2]:
+    state, _ = step(state, _batch())
+    average = jax.tree.map(lambda e, p: d * e + (1 - d) * p, average,
+                           jax.device_get(state.params))
+    chex.assert_trees_all_close(jax.device_get(state.ema_params), average, atol=1e-6)
+  assert steps.evaluated_params(state) is state.ema_params
+  assert not np.allclose(jax.device_get(state.params["head"]["kernel"][...]),
+                         average["head"]["kernel"][...], atol=1e-4)

@@ -13,14 +13,15 @@ import time
 
 import chex
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from configs import ntk_width, smoke
+from configs import cifar10_methods, ntk_width, smoke
 from launch import cli
 from robustwidth import config as config_lib
 from robustwidth import train
-from robustwidth.checkpoint import CheckpointError
+from robustwidth.checkpoint import CheckpointError, Checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 1437 // 64  # digits train split, smoke batch size
@@ -99,16 +100,12 @@ def _metrics_lines(workdir) -> list[dict]:
   return [json.loads(line) for line in open(pathlib.Path(workdir) / "metrics.jsonl")]
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
-  # Killed in the last epoch just after a mid-epoch checkpoint, while it goes on training:
-  # everything the run records equals the uninterrupted run's (times aside), the last
-  # epoch's train means (the record's train_lipschitz_probe, which covered only the steps
-  # after resuming) and every line of metrics.jsonl included: none replayed twice, none lost.
-  reference, _ = baseline
-  workdir = tmp_path / "killed"
-  process = subprocess.Popen(_command(workdir, TRADES), cwd=REPO, env=_env(2),
+def _kill_after_checkpoint(workdir, overrides, step):
+  """Starts a run (checkpointing every 5 steps) and SIGKILLs it once step `step` is saved,
+  while it goes on training."""
+  process = subprocess.Popen(_command(workdir, overrides), cwd=REPO, env=_env(2),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  checkpoint = workdir / "checkpoints" / "30"  # Step 8 of the second and last epoch.
+  checkpoint = workdir / "checkpoints" / str(step)
   deadline = time.time() + 300
   while not checkpoint.exists():
     assert process.poll() is None and time.time() < deadline, "run ended before the kill"
@@ -116,6 +113,16 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
   time.sleep(0.2)
   os.kill(process.pid, signal.SIGKILL)
   process.wait()
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_result(baseline, tmp_path):
+  # Killed in the last epoch just after a mid-epoch checkpoint (step 30, the 8th of the second
+  # and last epoch): everything the run records equals the uninterrupted run's (times aside),
+  # the last epoch's train means (the record's train_lipschitz_probe, which covered only the
+  # steps after resuming) and every line of metrics.jsonl included: none replayed, none lost.
+  reference, _ = baseline
+  workdir = tmp_path / "killed"
+  _kill_after_checkpoint(workdir, TRADES, 30)
   latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert latest % STEPS_PER_EPOCH and not (workdir / "record.json").exists()
   resumed = _launch(workdir)
@@ -186,6 +193,53 @@ def test_eight_devices_train_what_one_device_trains(tmp_path):
                               atol=1e-5, rtol=1e-4)
 
 
+# MART with AWP from epoch 2 and a moving average of the weights: the train state then also
+# holds the average, and the step's program changes with the step number.
+METHODS = ("train.method=mart", "train.awp_gamma=0.005", "train.awp_start_epoch=2",
+           "train.ema_decay=0.9", "train.checkpoint_every_steps=5")
+
+
+def _latest_state(workdir):
+  checkpoints = Checkpoints(str(pathlib.Path(workdir) / "checkpoints"))
+  step = checkpoints.latest_step()
+  config = ml_collections.ConfigDict(json.loads(checkpoints.meta(step)["config"]))
+  state, _ = checkpoints.restore(step, train._Run(config, str(workdir)).state,
+                                 config.to_json(sort_keys=True))
+  checkpoints.close()
+  return jax.device_get(state)
+
+
+def test_mart_with_awp_and_a_weight_average_trains_and_resumes_exactly(tmp_path):
+  reference, workdir = tmp_path / "uninterrupted", tmp_path / "killed"
+  _launch(reference, METHODS)
+  _kill_after_checkpoint(workdir, METHODS, 5)
+  latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert latest < STEPS_PER_EPOCH and not (workdir / "record.json").exists()
+  assert f"from step {latest}" in _launch(workdir, METHODS).stdout
+  expected, got = _record(reference), _record(workdir)
+  assert {k: got[k] for k in EVAL_KEYS} == {k: expected[k] for k in EVAL_KEYS}
+  assert got["method"] == "mart" and got["evaluated_weights"] == "ema"
+  assert got["natural_accuracy"] > 0.25
+  state, expected_state = _latest_state(workdir), _latest_state(reference)
+  chex.assert_trees_all_equal(state.params, expected_state.params)
+  chex.assert_trees_all_equal(state.ema_params, expected_state.ema_params)
+  # The evaluated (and restored) weights are the average, not the last iterate.
+  chex.assert_trees_all_equal(_params(workdir), state.ema_params)
+  assert not any(np.allclose(raw, average) for raw, average in
+                 zip(jax.tree.leaves(state.params), jax.tree.leaves(state.ema_params)))
+
+
+@pytest.mark.parametrize("method,beta,gamma", [("trades", 6.0, 5e-3), ("pgd_at", 1.0, 1e-2)])
+def test_awp_trains_on_top_of_trades_and_pgd_at(method, beta, gamma, tmp_path):
+  config = smoke.get_config()  # TRADES-AWP and AT-AWP (Madry's λ = 1), AWP from epoch 1.
+  config.train.method, config.train.beta = method, beta
+  config.train.awp_gamma, config.train.awp_start_epoch = gamma, 1
+  record = train.train_and_evaluate(config, str(tmp_path))
+  assert record["method"] == method and record["evaluated_weights"] == "raw"
+  assert record["config"]["train"]["awp_gamma"] == gamma
+  assert record["natural_accuracy"] > 0.25  # Two epochs learn something on digits.
+
+
 def _baseline_config():
   config = smoke.get_config()
   config.train.checkpoint_every_steps = 5
@@ -249,7 +303,10 @@ def test_a_missing_data_set_names_the_prepare_command(tmp_path):
      "be a multiple of 8"),
     ("model.depth", 12, "a WideResNet depth is 6n + 4"),
     ("attack.norm", "l0", "use one of ('linf', 'l2', 'l1')"),
-    ("train.method", "mart", "use one of ('standard', 'pgd_at', 'trades')"),
+    ("train.method", "awp", "use one of ('standard', 'pgd_at', 'trades', 'mart')"),
+    ("train.ema_decay", 1.0, "config.train.ema_decay = 1.0 is not allowed: it must lie in [0, 1)"),
+    ("train.awp_gamma", -0.01, "config.train.awp_gamma = -0.01 is not allowed: it must be >= 0"),
+    ("train.awp_start_epoch", 0, "it must be an integer >= 1"),
     ("war.rule", "adaptive", "needs reference_ratio > 0"),
     ("train.lr", float("inf"), "config.train.lr = inf is not allowed: it must be finite"),
     ("train.beta", float("inf"), "config.train.beta = inf is not allowed: it must be finite"),
@@ -283,6 +340,11 @@ def test_unknown_keys_are_named():
   result = subprocess.run(_command("/tmp/unused", ("train.betaa=9",)), cwd=REPO, env=_env(1),
                           capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and "betaa" in result.stderr
+
+
+@pytest.mark.parametrize("method", cifar10_methods.METHODS)
+def test_the_method_configs_are_valid(method):
+  config_lib.validate(cifar10_methods.get_config(f"method={method}"))
 
 
 def test_config_file_arguments_are_parsed_and_checked():

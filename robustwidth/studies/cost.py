@@ -32,9 +32,9 @@ def _lowered_steps(config):
       nnx.eval_shape(lambda: build_model(config, image_shape, num_classes)))
   optimizer = optim.sgd(optim.learning_rate_schedule("constant", base_lr=0.1, steps_per_epoch=1,
                                                      epochs=1), momentum=0.9, weight_decay=0.)
-  settings = train_settings(config)
-  state = jax.eval_shape(lambda p, s: steps.init_train_state(p, s, optimizer, 0, settings.rule),
-                         params, model_state)
+  settings = train_settings(config, steps_per_epoch=1)  # AWP's start is not in the FLOPs.
+  state = jax.eval_shape(lambda p, s: steps.init_train_state(
+      p, s, optimizer, 0, settings.rule, ema=settings.ema_decay > 0), params, model_state)
   batch = lambda size: {"image": jax.ShapeDtypeStruct((size, *image_shape), jnp.float32),
                         "label": jax.ShapeDtypeStruct((size,), jnp.int32)}
   eval_batch = {**batch(config.eval.batch_size),
