@@ -133,7 +133,8 @@ def lipschitz_gradient_ascent(logits_fn, x: jax.Array, y: jax.Array | None = Non
                          norm)
     return z, jnp.maximum(best, value)
 
-  start = geometry.random_start(key, x, eps, norm, init)
+  # Projected, unlike an attack's start: every point g is measured at lies in the ball.
+  start = geometry.project(geometry.random_start(key, x, eps, norm, init), x, eps, norm)
   z, best = attack_loop(num_steps, step, (start, dual_gradient_norm(x)[1]))
   return jax.lax.stop_gradient(jnp.maximum(best, dual_gradient_norm(z)[1]))
 
