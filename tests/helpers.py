@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from robustwidth import models
+from robustwidth import interop, models
 
 
 def linear_logits_fn(weights: np.ndarray, bias: np.ndarray):
@@ -41,3 +41,23 @@ def tiny_mlp(seed: int = 0) -> nnx.Module:
   """A BatchNorm-free MLP on 8×8×1 inputs: compiles in well under a second."""
   return models.create_model("mlp", width=1, num_classes=10, input_shape=(8, 8, 1), seed=seed,
                              depth=1, base_channels=16)
+
+
+def torch_wide_resnet(depth=10, width=2, base=3, in_channels=1, seed=0):
+  """The TRADES-layout PyTorch WRN (`interop.torch_wide_resnet`, needs torch) with random
+  weights, BatchNorm affine parameters and running statistics away from their defaults, and
+  head biases; in evaluation mode."""
+  import torch
+  torch.manual_seed(seed)
+  net = interop.torch_wide_resnet(depth, width, 10, in_channels=in_channels,
+                                  base_channels=base)
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
+      elif isinstance(module, torch.nn.Linear):
+        module.bias.uniform_(-0.5, 0.5)
+  return net.eval()

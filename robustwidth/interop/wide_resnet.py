@@ -136,11 +136,14 @@ def to_torch_state_dict(model: WideResNet) -> dict:
 
 def load_torch_checkpoint(path: str, *, parameterization: str = "standard") -> WideResNet:
   """Our WideResNet from a PyTorch checkpoint file: a state_dict, or a dict holding one under
-  "state_dict" (RobustBench's files)."""
+  "state_dict" (RobustBench's files) or "model_state_dict" (the paper authors' ckpt.pt and
+  highest.pt, beside their optimizer state and epoch)."""
   torch = _torch()
   checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-  if "state_dict" in checkpoint:
-    checkpoint = checkpoint["state_dict"]
+  for key in ("state_dict", "model_state_dict"):
+    if key in checkpoint:
+      checkpoint = checkpoint[key]
+      break
   return from_torch_state_dict(checkpoint, parameterization=parameterization)
 
 
