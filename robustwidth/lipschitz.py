@@ -1,4 +1,5 @@
-"""Input-gradient norms and local Lipschitz estimates of a loss around each input (PAPER.md §3).
+"""Input-gradient norms and local Lipschitz estimates of a loss around each input
+(docs/paper.md §3).
 
 In the threat norm ‖·‖ with dual norm ‖·‖_*, the local Lipschitz constant of a loss L on the
 ball B(x, ε) is max_{x' ∈ B(x, ε)} ‖∇L(x')‖_*, and max_{x̂ ∈ B(x, ε)} L(x̂) − L(x) is at most ε

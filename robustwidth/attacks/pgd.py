@@ -67,7 +67,7 @@ def _success_and_loss(logits_fn, x_adv, y, logits_nat, loss):
 def pgd_lipschitz_probe(logits_fn, x, y, *, key, eps, step_size, num_steps: int,
                         norm: str = "linf", loss: str = "ce", init: str = "uniform",
                         restarts: int = 1) -> tuple[jax.Array, jax.Array]:
-  """PGD that also returns the authors' local-Lipschitz probe (PAPER.md §3).
+  """PGD that also returns the authors' local-Lipschitz probe (docs/paper.md §3).
 
   Returns (x_adv, probe): probe[i] is the max, over every iterate the attack visited (all
   restarts), of the dual norm of the per-example input gradient of the attack loss (ℓ1 for
