@@ -26,6 +26,7 @@ from jax.tree_util import Partial
 from launch import cli
 import robustwidth
 from robustwidth import attacks, data, models, train
+from robustwidth import config as config_lib
 from robustwidth.attacks.autoattack import check_attack_names
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's directory.")
@@ -106,7 +107,7 @@ def evaluate(workdir: str, *, evaluations, n_examples=None, which="best", eps=No
       worst_case_acc=_percent(float(np.mean(robust_flags))),
       perturbation_stability=_percent(stability),
       evaluations=results, seed=seed, checkpoint=which, workdir=os.path.abspath(workdir),
-      training=dict(method=config.train.method, beta=config.train.beta,
+      training=dict(method=config.train.method, beta=config_lib.beta(config),
                     train_eps=config.attack.eps, train_norm=config.attack.norm),
       versions=dict(robustwidth=robustwidth.__version__, jax=jax.__version__,
                     flax=flax.__version__, numpy=np.__version__,

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import cifar10_width_study, default, smoke
+from configs import default, smoke, width_study
 from robustwidth import config as config_lib
 from robustwidth import data, train
 from robustwidth.studies import cost, report, sweep
@@ -160,7 +160,7 @@ def test_cost_estimates_scale_with_the_run():
 
 
 def test_cifar_study_config_describes_the_paper_grid():
-  study = cifar10_width_study.get_config()
+  study = width_study.get_config()
   runs = sweep.expand(study, "runs/c10")
   assert len(runs) == 25 + 2 * 4
   widths = sorted({run.model.width for _, run in runs})
