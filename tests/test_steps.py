@@ -117,8 +117,9 @@ def test_eight_devices_compute_what_one_device_computes(method, atol):
   graphdef, optimizer, settings, state = _setup(method)
   fn = steps.make_train_step(graphdef, optimizer, settings)
   batches = [jax.device_get(_batch()) for _ in range(2)]
-  one, m1 = _run_sharded(jax.make_mesh((1,), ("data",), devices=jax.devices()[:1]), state, fn,
-                         batches)
+  one_device = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
+                            axis_types=(jax.sharding.AxisType.Auto,))  # As parallel.data_mesh.
+  one, m1 = _run_sharded(one_device, state, fn, batches)
   eight, m8 = _run_sharded(parallel.data_mesh(), state, fn, batches)
   assert eight.params["head"]["kernel"][...].sharding.num_devices == 8
   chex.assert_trees_all_close(jax.device_get(one.params), jax.device_get(eight.params),
