@@ -7,8 +7,9 @@ DATASETS = ("cifar10", "cifar100")
 
 def _cifar(dataset: str, width: int):
   """WRN-34-`width` on CIFAR: ℓ∞ ε 0.031, crop 4 + flip, SGD 0.1, momentum 0.9, weight decay
-  2e-4, 10 inner steps of 0.007, PGD-20 (uniform start) on the whole test set every epoch, the
-  best checkpoint by robust accuracy."""
+  2e-4, 10 inner steps of 0.007 from x + 0.001·N(0, 1), the lr schedules' epochs (75, 90, 100
+  or halving from 75), PGD-20 (uniform start) on the whole test set every epoch, the best
+  checkpoint by robust accuracy."""
   if dataset not in DATASETS:
     raise config_lib.ConfigError(f"dataset={dataset!r} is not one of {DATASETS}.")
   c = config_lib.base()
@@ -23,10 +24,12 @@ def _cifar(dataset: str, width: int):
   c.attack.eps = 0.031
   c.train.attack_steps = 10
   c.train.attack_step_size = 0.007
+  c.train.attack_init = "normal"
   c.train.lr = 0.1
   c.train.momentum = 0.9
   c.train.weight_decay = 2e-4
   c.train.decay_epochs = (75, 90, 100)
+  c.train.halving_start = 75
   c.eval.every_epochs = 1
   c.eval.batch_size = 500
   c.eval.num_steps = 20
@@ -42,12 +45,10 @@ def trades(dataset: str, *, width: int, beta: float, epochs: int, schedule: str)
   c = _cifar(dataset, width)
   c.train.method = "trades"
   c.train.beta = beta
-  c.train.attack_init = "normal"
   c.train.batch_norm_updates = ("clean", "adversarial", "clean")
   c.train.epochs = epochs
   c.train.batch_size = 128
   c.train.schedule = schedule
-  c.train.halving_start = 75
   c.eval.step_size = 0.003
   return c
 
@@ -68,7 +69,6 @@ def authors(dataset: str, *, width: int, method: str, beta: float | None, epochs
   c = _cifar(dataset, width)
   c.train.method = method
   c.train.beta = float(beta) if beta is not None else {"trades": 6.0, "pgd_at": 2.0}[method]
-  c.train.attack_init = "normal"
   if method == "trades":
     c.train.batch_norm_updates = ("clean", "adversarial")
   else:
@@ -77,7 +77,6 @@ def authors(dataset: str, *, width: int, method: str, beta: float | None, epochs
   c.train.epochs = epochs
   c.train.batch_size = 64
   c.train.schedule = schedule
-  c.train.halving_start = 75
   c.eval.step_size = 0.007
   return c
 
