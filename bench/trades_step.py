@@ -17,6 +17,7 @@ import torch
 
 from bench import harness, torch_reference
 from robustwidth import optim, parallel, steps, train
+from robustwidth import config as config_lib
 
 BENCH = "trades_step"
 
@@ -74,7 +75,7 @@ def main(argv=None):
     optimizer = torch_reference.sgd(torch_model, lr=config.train.lr,
                                     momentum=config.train.momentum,
                                     weight_decay=config.train.weight_decay)
-    settings = dict(beta=config.train.beta, eps=config.attack.eps,
+    settings = dict(beta=config_lib.beta(config), eps=config.attack.eps,
                     step_size=config.train.attack_step_size,
                     num_steps=config.train.attack_steps, dtype=getattr(torch, args.dtype))
 

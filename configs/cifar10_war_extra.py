@@ -15,8 +15,8 @@ from robustwidth import config as config_lib
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, extra="", fraction=0.5, width=15, epochs=200)
-  c = common.cifar_trades("cifar10", width=args.width, beta=6.0, epochs=args.epochs,
-                          schedule="cosine")
+  c = common.trades("cifar10", width=args.width, beta=6.0, epochs=args.epochs,
+                    schedule="cosine")
   c.attack.eps = 8 / 255
   c.train.attack_step_size = 2 / 255
   c.eval.step_size = 2 / 255

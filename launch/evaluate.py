@@ -32,6 +32,7 @@ from absl import app, flags
 from launch import cli
 import robustwidth
 from robustwidth import attacks, data, interop, models, train
+from robustwidth import config as config_lib
 from robustwidth.attacks.autoattack import check_attack_names
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's directory.")
@@ -86,7 +87,7 @@ def evaluate(workdir: str, *, evaluations, n_examples=None, which="best", eps=No
       base_channels=config.model.base_channels, params=models.count_params(params),
       dataset=config.data.name, split="test", n_examples=len(x), norm=norm, eps=eps,
       **summary, seed=seed, checkpoint=which, workdir=os.path.abspath(workdir),
-      training=dict(method=config.train.method, beta=config.train.beta,
+      training=dict(method=config.train.method, beta=config_lib.beta(config),
                     train_eps=config.attack.eps, train_norm=config.attack.norm),
       versions=_versions(), device=jax.devices()[0].device_kind)
   return record

@@ -1,7 +1,7 @@
 r"""Runs one configured job: a training run, a width study or the NTK width study.
 
   python -m launch.main --config configs/default.py --workdir runs/default
-  python -m launch.main --config configs/cifar10_trades.py:width=10 --workdir runs/x \
+  python -m launch.main --config configs/trades.py:width=10 --workdir runs/x \
       --config.train.beta=9
 
 Multi-host (one process per host, every host runs the same command): add --distributed, and

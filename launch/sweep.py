@@ -2,9 +2,9 @@ r"""Expands a study's grid (width × β × seed, plus WAR rows) into runs, and r
 another, prints one command per run for a cluster, or estimates their cost.
 
   python -m launch.sweep --config configs/default.py --workdir runs/study
-  python -m launch.sweep --config configs/cifar10_width_study.py --workdir runs/c10 \
+  python -m launch.sweep --config configs/width_study.py --workdir runs/c10 \
       --print_commands          # one `launch.main` command per run, reference runs first
-  python -m launch.sweep --config configs/cifar10_width_study.py --workdir runs/c10 \
+  python -m launch.sweep --config configs/width_study.py --workdir runs/c10 \
       --dry_run                 # FLOPs per run and the expected time on this machine
 
 The study report (report.md) is written after the runs; for runs launched elsewhere, write it

@@ -11,7 +11,7 @@ import math
 
 import ml_collections
 
-from robustwidth import attacks, data, optim, steps, war
+from robustwidth import attacks, data, losses, optim, steps, war
 from robustwidth.models import FAMILIES, PARAMETERIZATIONS
 
 JOBS = ("train", "width_study", "ntk_width")
@@ -54,11 +54,22 @@ def base() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.method = "trades"          # standard | pgd_at | trades | mart
-  c.train.beta = 6.0                 # TRADES β = Eq. 1's λ (λ0 for the WAR rules)
+  # TRADES β = Eq. 1's λ (λ0 for the WAR rules); unset: the method's reference, 6 for trades
+  # (TRADES' CIFAR setting) and mart (MART's), 1 for pgd_at (Madry) — see `beta(config)`.
+  c.train.beta = ml_collections.config_dict.placeholder(float)
   c.train.stop_gradient_target = False   # reference: gradients flow through the clean target
+  # pgd_at's regularizer: difference (Eq. 1: CE(x) + λ·(CE(x̂) − CE(x)); λ = 1 is Madry's
+  # CE(x̂)) | clamped (the authors': CE(x) + λ·mean(max(CE(x̂), CE(x)) − CE(x))).
+  c.train.pgd_at_form = "difference"
+  # Batches folded into the BatchNorm running statistics, in order, from clean | adversarial;
+  # empty: the method's reference — trades (clean, adversarial, clean), pgd_at difference
+  # (adversarial,), pgd_at clamped (adversarial, clean), standard (clean,).
+  c.train.batch_norm_updates = ()
   c.train.attack_steps = 10          # inner maximization (KL for trades, CE for pgd_at)
   c.train.attack_step_size = 0.007
-  c.train.attack_init = "normal"     # normal (x + 0.001·N(0,1), TRADES) | uniform | none
+  # normal (x + 0.001·N(0,1)) | uniform (in the ball) | none; unset: the method's reference,
+  # normal for trades (TRADES), uniform for pgd_at (Madry).
+  c.train.attack_init = ml_collections.config_dict.placeholder(str)
   c.train.epochs = 100
   c.train.batch_size = 128           # global batch, split over all devices: a multiple of
                                      # the device count
@@ -66,8 +77,9 @@ def base() -> ml_collections.ConfigDict:
   c.train.momentum = 0.9
   c.train.weight_decay = 2e-4
   c.train.schedule = "multistep"     # multistep | halving | cosine | constant
-  c.train.decay_epochs = (75, 90)    # multistep: ×0.1 at each
-  c.train.halving_start = 75         # halving: ×0.5 every epoch from here
+  # Epochs counted from 1, as in the reference code ("from epoch 75": after 74 full epochs).
+  c.train.decay_epochs = (75, 90, 100)  # multistep: ×0.1 from each of these epochs (TRADES)
+  c.train.halving_start = 75         # halving: ×0.5 from this epoch and every epoch after
   c.train.checkpoint_every_steps = 0  # extra mid-epoch checkpoints (0: at epoch ends only)
   # MART's λ is train.beta (its reference: 6, inner attack CE from x + 0.001·N(0,1), the
   # attack defaults above). AWP perturbs the weights with any method; its references: TRADES-AWP
@@ -93,7 +105,7 @@ def base() -> ml_collections.ConfigDict:
                                      # the device count (padding is masked out)
   c.eval.num_steps = 20
   c.eval.step_size = 0.003           # TRADES' 0.003; the authors used 0.007
-  c.eval.init = "uniform"
+  c.eval.init = "uniform"            # U(−ε, ε), the first gradient taken before clipping
   c.eval.restarts = 1
   # After training: AutoAttack (standard) on the best checkpoint, first N test points (0: off).
   c.eval.autoattack_examples = 0
@@ -198,9 +210,23 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
       "train.attack_init": attacks.INITS, "train.schedule": optim.SCHEDULES,
       "war.rule": war.RULES, "eval.init": attacks.INITS,
   }
+  if given["train.attack_init"] is None:
+    del choices["train.attack_init"]  # Unset: the method's reference start.
+  choices["train.pgd_at_form"] = losses.PGD_AT_FORMS
   for key, allowed in choices.items():
     if given.get(key, known[key]) not in allowed:
       _fail(key, given[key], f"use one of {allowed}")
+  allowed = ("clean",) if config.train.method == "standard" else steps.BATCHES
+  if not set(config.train.batch_norm_updates) <= set(allowed):
+    _fail("train.batch_norm_updates", config.train.batch_norm_updates,
+          f"name batches from {allowed} in the order they update the statistics, or leave it "
+          "empty for the method's reference")
+  epochs = tuple(config.train.decay_epochs) + (config.train.halving_start,)
+  if not all(isinstance(e, int) and e >= 1 for e in epochs):
+    _fail("train.decay_epochs / train.halving_start", epochs,
+          "epochs are counted from 1: each must be an integer >= 1")
+  if list(config.train.decay_epochs) != sorted(set(config.train.decay_epochs)):
+    _fail("train.decay_epochs", config.train.decay_epochs, "list each epoch once, increasing")
   positive_ints = ("model.depth", "model.width", "model.base_channels", "train.attack_steps",
                    "train.epochs", "train.batch_size", "eval.every_epochs", "eval.batch_size",
                    "eval.num_steps", "eval.restarts", "train.awp_start_epoch")
@@ -216,7 +242,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   for key in ("data.train_examples", "eval.autoattack_examples"):
     if not isinstance(given[key], int) or given[key] < 0:
       _fail(key, given[key], "it must be an integer >= 0 (0: off)")
-  nonnegative = ("attack.eps", "train.beta", "train.attack_step_size", "train.lr",
+  if given["train.beta"] is not None and not given["train.beta"] >= 0:
+    _fail("train.beta", given["train.beta"],
+          "it must be >= 0 (or unset: the method's reference)")
+  nonnegative = ("attack.eps", "train.attack_step_size", "train.lr",
                  "train.momentum", "train.weight_decay", "eval.step_size",
                  "train.checkpoint_every_steps", "data.crop_padding", "train.awp_gamma")
   for key in nonnegative:
@@ -277,11 +306,25 @@ def extra_per_batch(config: ml_collections.ConfigDict) -> int:
   return round(config.data.extra_fraction * config.train.batch_size)
 
 
+def beta(config: ml_collections.ConfigDict) -> float:
+  """λ (TRADES β): config.train.beta, or the method's reference value when it is unset."""
+  if config.train.beta is None:
+    return steps.reference_beta(config.train.method)
+  return config.train.beta
+
+
+def attack_init(config: ml_collections.ConfigDict) -> str:
+  """The training attack's start: config.train.attack_init, or the method's reference."""
+  if config.train.attack_init is None:
+    return steps.reference_attack_init(config.train.method)
+  return config.train.attack_init
+
+
 def war_rule(config: ml_collections.ConfigDict, reference_ratio: float | None = None
              ) -> war.Rule:
   """The λ rule of one run; `reference_ratio` overrides config.war.reference_ratio."""
   ratio = config.war.reference_ratio if reference_ratio is None else reference_ratio
-  return war.Rule(name=config.war.rule, beta0=config.train.beta,
+  return war.Rule(name=config.war.rule, beta0=beta(config),
                   width=config.model.width, reference_width=config.war.reference_width,
                   gamma=config.war.gamma, reference_ratio=ratio,
                   beta_max=config.war.beta_max, ema_decay=config.war.ema_decay)

@@ -1,4 +1,5 @@
-"""Input-gradient norms and local Lipschitz estimates of a loss around each input (PAPER.md §3).
+"""Input-gradient norms and local Lipschitz estimates of a loss around each input
+(docs/paper.md §3).
 
 In the threat norm ‖·‖ with dual norm ‖·‖_*, the local Lipschitz constant of a loss L on the
 ball B(x, ε) is max_{x' ∈ B(x, ε)} ‖∇L(x')‖_*, and max_{x̂ ∈ B(x, ε)} L(x̂) − L(x) is at most ε
@@ -133,7 +134,8 @@ def lipschitz_gradient_ascent(logits_fn, x: jax.Array, y: jax.Array | None = Non
                          eps, norm)
     return z, jnp.maximum(best, value)
 
-  start = geometry.random_start(key, x, eps, norm, init)
+  # Projected, unlike an attack's start: every point g is measured at lies in the ball.
+  start = geometry.project(geometry.random_start(key, x, eps, norm, init), x, eps, norm)
   z, best = attack_loop(num_steps, step, (start, dual_gradient_norm(x)[1]))
   return jax.lax.stop_gradient(jnp.maximum(best, dual_gradient_norm(z)[1]))
 

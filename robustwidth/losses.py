@@ -40,10 +40,32 @@ def trades(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array, beta
   return cross_entropy(logits_nat, labels) + beta * jnp.mean(trades_kl(target, logits_adv))
 
 
-def pgd_at(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array, lam) -> jax.Array:
-  """Eq. 1 with cross-entropy: CE(x) + λ · (CE(x̂) − CE(x)); λ = 1 is Madry's PGD-AT."""
-  natural = cross_entropy(logits_nat, labels)
-  return natural + lam * (cross_entropy(logits_adv, labels) - natural)
+PGD_AT_FORMS = ("difference", "clamped")
+
+
+def pgd_at_regularizer(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array,
+                       form: str = "difference") -> jax.Array:
+  """The robust regularizer of Eq. 1 with cross-entropy, averaged over the batch.
+
+  difference: CE(x̂) − CE(x), the paper's Eq. 1.
+  clamped: mean over examples of max(CE_i(x̂), CE_i(x)) − CE_i(x), never negative: the form
+  of the authors' code (their attacks/pgd.py).
+  """
+  natural = cross_entropy_per_example(logits_nat, labels)
+  adversarial = cross_entropy_per_example(logits_adv, labels)
+  if form == "difference":
+    return jnp.mean(adversarial) - jnp.mean(natural)
+  if form == "clamped":
+    return jnp.mean(jnp.maximum(adversarial, natural) - natural)
+  raise ValueError(f"Unknown PGD-AT form {form!r}; use one of {PGD_AT_FORMS}.")
+
+
+def pgd_at(logits_nat: jax.Array, logits_adv: jax.Array, labels: jax.Array, lam,
+           form: str = "difference") -> jax.Array:
+  """Eq. 1 with cross-entropy: CE(x) + λ · `pgd_at_regularizer`. With the difference form,
+  λ = 1 is Madry's PGD-AT, CE(x̂) alone."""
+  return (cross_entropy(logits_nat, labels)
+          + lam * pgd_at_regularizer(logits_nat, logits_adv, labels, form))
 
 
 def mart_boosted_cross_entropy(logits_adv: jax.Array, labels: jax.Array) -> jax.Array:

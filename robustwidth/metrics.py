@@ -1,7 +1,7 @@
 """Natural accuracy, robust accuracy and perturbation stability, from counts.
 
-All three come from the same adversarial batch (PAPER.md §2). Every example falls in exactly one
-of five decomposition cells (nat = argmax f(x), adv = argmax f(x̂)):
+All three come from the same adversarial batch (docs/paper.md §2). Every example falls in
+exactly one of five decomposition cells (nat = argmax f(x), adv = argmax f(x̂)):
 
     correct_stable         nat = y, adv = nat            (robust)
     correct_unstable       nat = y, adv ≠ nat

@@ -1,4 +1,4 @@
-"""Empirical neural tangent kernels and power-law fits against width (PAPER.md §3).
+"""Empirical neural tangent kernels and power-law fits against width (docs/paper.md §3).
 
 The empirical NTK of `f(params, x) -> [N, K]` at `params` is
 

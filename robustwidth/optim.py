@@ -11,20 +11,23 @@ SCHEDULES = ("multistep", "halving", "cosine", "constant")
 
 
 def learning_rate_schedule(name: str, *, base_lr: float, steps_per_epoch: int, epochs: int,
-                           decay_epochs=(75, 90), halving_start: int = 75) -> optax.Schedule:
-  """Per-step learning rate.
+                           decay_epochs=(75, 90, 100), halving_start: int = 75
+                           ) -> optax.Schedule:
+  """Per-step learning rate. Epochs are counted from 1, as in the reference code: "from epoch
+  e" means from the first step of epoch e, after e − 1 full epochs.
 
-  multistep: ×0.1 at each of `decay_epochs` (TRADES: 75 and 90);
-  halving: halve every epoch from `halving_start` (the authors' code);
+  multistep: ×0.1 from each of `decay_epochs` on (TRADES: 75, 90, 100, so ×0.1 after 74 full
+  epochs, ×0.01 after 89, ×0.001 after 99);
+  halving: ×0.5 from epoch `halving_start` on and again at every later epoch (the authors'
+  default: 0.05 in epoch 75, 0.025 in epoch 76, ...);
   cosine: cosine decay to 0 over the run; constant: `base_lr` throughout.
   """
   if name == "multistep":
     return optax.piecewise_constant_schedule(
-        base_lr, {int(e * steps_per_epoch): 0.1 for e in decay_epochs})
+        base_lr, {int((e - 1) * steps_per_epoch): 0.1 for e in decay_epochs})
   if name == "halving":
     return optax.piecewise_constant_schedule(
-        base_lr, {(halving_start + i) * steps_per_epoch: 0.5
-                  for i in range(max(epochs - halving_start, 0))})
+        base_lr, {(e - 1) * steps_per_epoch: 0.5 for e in range(halving_start, epochs + 1)})
   if name == "cosine":
     return optax.cosine_decay_schedule(base_lr, decay_steps=max(epochs * steps_per_epoch, 1))
   if name == "constant":

@@ -1,10 +1,16 @@
-"""Pure, jit-able training and evaluation steps for standard, PGD-AT and TRADES training.
+"""Pure, jit-able training and evaluation steps for standard, PGD-AT, TRADES and MART training.
 
 BatchNorm runs in evaluation mode inside the attack (the attack sees `logits_fn`) and in
-training mode for the loss, where the clean and adversarial passes each normalize with their own
-batch statistics and each update the running statistics, as two separate calls do in the
-PyTorch reference. Every step's randomness comes from fold_in(state.key, state.step), so a
-resumed run draws exactly the keys an uninterrupted one would.
+training mode for the loss, where the clean and adversarial batches each normalize with their
+own batch statistics. The running statistics move as the reference's training-mode passes move
+them (`TrainSettings.batch_norm_updates`): TRADES' reference runs clean, adversarial, clean;
+Madry's PGD-AT the adversarial batch alone; the authors' PGD-AT adversarial, then clean; MART
+clean, then adversarial. A batch folded in twice is folded in again without a second pass
+(`fold_batch_statistics`).
+Madry's clean pass still runs, for the logged natural loss and accuracy (and WAR), but it moves
+no statistics and at λ = 1 its gradient is exactly zero.
+Every step's randomness comes from fold_in(state.key, state.step), so a resumed run draws
+exactly the keys an uninterrupted one would.
 """
 import dataclasses
 from typing import Any, Callable
@@ -18,8 +24,39 @@ from flax import nnx
 from robustwidth import attacks, awp, losses, metrics, optim, war
 from robustwidth.data.augment import random_crop_flip
 from robustwidth.models.functional import apply, logits_fn
+from robustwidth.models.layers import fold_batch_statistics
 
 METHODS = ("standard", "pgd_at", "trades", "mart")
+BATCHES = ("clean", "adversarial")
+
+
+def reference_beta(method: str) -> float:
+  """λ (TRADES β) when the config leaves it unset: TRADES' CIFAR setting 6 for trades, 1 (Madry)
+  for pgd_at, MART's reference 6 for mart; standard training has no regularizer."""
+  return {"standard": 0.0, "pgd_at": 1.0, "trades": 6.0, "mart": 6.0}[method]
+
+
+def reference_attack_init(method: str) -> str:
+  """The attack start when the config leaves it unset: TRADES' x + 0.001·N(0, 1) for trades
+  (and MART's reference, which starts the same way), Madry's uniform start in the ball for
+  pgd_at."""
+  return "normal" if method in ("trades", "mart") else "uniform"
+
+
+def reference_batch_norm_updates(method: str, pgd_at_form: str = "difference"
+                                 ) -> tuple[str, ...]:
+  """The batches whose statistics move the running statistics, in the order the reference's
+  training-mode passes run: TRADES (yaodongyu/TRADES) clean, adversarial, clean; Madry's PGD-AT
+  (the difference form, λ = 1: CE(x̂) alone) adversarial; the authors' clamped PGD-AT
+  (tabrisweapon/A-temp-project) adversarial, clean; MART (YisenWang/MART) clean, adversarial;
+  standard training clean."""
+  if method == "trades":
+    return ("clean", "adversarial", "clean")
+  if method == "mart":
+    return ("clean", "adversarial")
+  if method == "pgd_at":
+    return ("adversarial",) if pgd_at_form == "difference" else ("adversarial", "clean")
+  return ("clean",)
 
 
 @flax.struct.dataclass
@@ -67,8 +104,12 @@ class AttackSettings:
 class TrainSettings:
   method: str                     # one of METHODS
   attack: AttackSettings | None   # the inner maximization (None for standard training)
-  rule: war.Rule = war.Rule()     # λ (β) rule for trades and pgd_at
+  rule: war.Rule | None = None    # λ (β) rule; None: fixed at the method's reference_beta
   stop_gradient_target: bool = False
+  pgd_at_form: str = "difference"  # losses.PGD_AT_FORMS
+  # Batches folded into the BatchNorm running statistics, in order (BATCHES); None: the
+  # method's reference (reference_batch_norm_updates).
+  batch_norm_updates: tuple[str, ...] | None = None
   crop_padding: int = 0
   flip: bool = False
   awp_gamma: float = 0.0          # AWP's relative weight perturbation γ (0: no AWP)
@@ -80,12 +121,27 @@ class TrainSettings:
       raise ValueError(f"Unknown training method {self.method!r}; use one of {METHODS}.")
     if self.method != "standard" and self.attack is None:
       raise ValueError(f"Training method {self.method!r} needs attack settings.")
+    if self.pgd_at_form not in losses.PGD_AT_FORMS:
+      raise ValueError(f"Unknown PGD-AT form {self.pgd_at_form!r}; use one of "
+                       f"{losses.PGD_AT_FORMS}.")
+    if self.rule is None:
+      object.__setattr__(self, "rule", war.Rule(beta0=reference_beta(self.method)))
+    if self.batch_norm_updates is None:
+      object.__setattr__(self, "batch_norm_updates",
+                         reference_batch_norm_updates(self.method, self.pgd_at_form))
+    allowed = ("clean",) if self.method == "standard" else BATCHES
+    if not self.batch_norm_updates or not set(self.batch_norm_updates) <= set(allowed):
+      raise ValueError(f"batch_norm_updates {self.batch_norm_updates!r} must name one or more "
+                       f"of {allowed} for {self.method!r} training.")
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                     settings: TrainSettings) -> Callable:
-  """Returns step(state, batch) -> (state, metrics); batch = {"image", "label"}. metrics
-  holds scalars plus "finite": whether the logits, loss and updated parameters are finite."""
+  """Returns step(state, batch) -> (state, metrics); batch = {"image", "label"}.
+
+  metrics["loss"] is the loss the gradient was taken of; metrics["finite"] says whether the
+  logits, loss and updated parameters are finite.
+  """
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(state.key, state.step)
@@ -101,31 +157,38 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                                                  **settings.attack.kwargs())
 
     def loss_fn(params):
-      logits_nat, model_state = apply(graphdef, params, state.model_state, x, train=True)
+      # Both passes start from the same running statistics; the statistics are then folded
+      # in the reference's order (training-mode logits do not depend on them).
+      after = {}
+      logits_nat, after["clean"] = apply(graphdef, params, state.model_state, x, train=True)
       natural = losses.cross_entropy(logits_nat, y)
       if settings.method == "standard":
-        return natural, (model_state, natural, jnp.zeros(()), logits_nat, logits_nat)
-      logits_adv, model_state = apply(graphdef, params, model_state, x_adv, train=True)
-      if settings.method == "trades":
-        loss = losses.trades(logits_nat, logits_adv, y, beta,
-                             stop_gradient_target=settings.stop_gradient_target)
-        robust = jnp.mean(losses.trades_kl(logits_nat, logits_adv))
-      elif settings.method == "mart":
-        loss = losses.mart(logits_nat, logits_adv, y, beta)
-        # λ's rules weigh its term against MART's unweighted one, the boosted CE on x̂.
-        natural = jnp.mean(losses.mart_boosted_cross_entropy(logits_adv, y))
-        robust = jnp.mean(losses.mart_weighted_kl(logits_nat, logits_adv, y))
+        loss, robust, logits_adv = natural, jnp.zeros(()), logits_nat
       else:
-        loss = losses.pgd_at(logits_nat, logits_adv, y, beta)
-        robust = losses.cross_entropy(logits_adv, y) - natural
+        logits_adv, after["adversarial"] = apply(graphdef, params, state.model_state, x_adv,
+                                                 train=True)
+        if settings.method == "trades":
+          loss = losses.trades(logits_nat, logits_adv, y, beta,
+                               stop_gradient_target=settings.stop_gradient_target)
+          robust = jnp.mean(losses.trades_kl(logits_nat, logits_adv))
+        elif settings.method == "mart":
+          loss = losses.mart(logits_nat, logits_adv, y, beta)
+          # λ's rules weigh its term against MART's unweighted one, the boosted CE on x̂.
+          natural = jnp.mean(losses.mart_boosted_cross_entropy(logits_adv, y))
+          robust = jnp.mean(losses.mart_weighted_kl(logits_nat, logits_adv, y))
+        else:
+          loss = losses.pgd_at(logits_nat, logits_adv, y, beta, settings.pgd_at_form)
+          robust = losses.pgd_at_regularizer(logits_nat, logits_adv, y, settings.pgd_at_form)
+      model_state = fold_batch_statistics(
+          state.model_state, [after[name] for name in settings.batch_norm_updates])
       return loss, (model_state, natural, robust, logits_nat, logits_adv)
 
     params_at = state.params  # Where the gradient is taken: w, or w + v under AWP.
     if settings.awp_gamma:
       gamma = jnp.where(state.step >= settings.awp_start_step, settings.awp_gamma, 0.0)
       params_at = awp.perturbed_params(lambda p: loss_fn(p)[0], state.params, gamma)
-    grads, (model_state, natural, robust, logits_nat, logits_adv) = jax.grad(
-        loss_fn, has_aux=True)(params_at)
+    (loss, (model_state, natural, robust, logits_nat, logits_adv)), grads = (
+        jax.value_and_grad(loss_fn, has_aux=True)(params_at))
     # Weight decay acts on w + v, as the reference's optimizer step before it restores w.
     updates, opt_state = optimizer.update(grads, state.opt_state, params_at)
     params = optax.apply_updates(state.params, updates)
@@ -137,7 +200,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                               war=settings.rule.update(state.war, natural, robust),
                               ema_params=ema_params)
     step_metrics = {
-        "loss": natural + beta * robust,
+        "loss": loss,
         "natural_loss": natural,
         "robust_term": robust,
         "beta": beta,

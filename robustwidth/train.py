@@ -73,11 +73,14 @@ def train_settings(config: ml_collections.ConfigDict, steps_per_epoch: int
     attack = steps.AttackSettings(
         eps=config.attack.eps, step_size=config.train.attack_step_size,
         num_steps=config.train.attack_steps, norm=config.attack.norm,
-        loss="kl" if config.train.method == "trades" else "ce", init=config.train.attack_init)
+        loss="kl" if config.train.method == "trades" else "ce",
+        init=config_lib.attack_init(config))
   return steps.TrainSettings(
       method=config.train.method, attack=attack,
       rule=config_lib.war_rule(config, reference_ratio(config)),
       stop_gradient_target=config.train.stop_gradient_target,
+      pgd_at_form=config.train.pgd_at_form,
+      batch_norm_updates=tuple(config.train.batch_norm_updates) or None,
       crop_padding=config.data.crop_padding, flip=config.data.flip,
       awp_gamma=config.train.awp_gamma,
       awp_start_step=(config.train.awp_start_epoch - 1) * steps_per_epoch,

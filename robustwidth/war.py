@@ -1,5 +1,5 @@
 """Width Adjusted Regularization (WAR): how the robust-regularization weight λ (TRADES β)
-should grow with width (PAPER.md §4).
+should grow with width (docs/paper.md §4).
 
 Rules (each run records `beta_rule`, the rule and its parameters, from `describe`):
   fixed     λ = λ₀ at every width (plain TRADES).

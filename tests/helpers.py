@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from robustwidth import models
+from robustwidth import interop, models
 
 
 def linear_logits_fn(weights: np.ndarray, bias: np.ndarray):
@@ -79,3 +79,28 @@ def write_fashion_idx(directory, counts=(24, 12), seed=0, learnable=False) -> di
     write_gz(directory / label_file, idx_bytes(labels, 0x801))
     written[split] = (images, labels)
   return written
+
+
+def randomized(net):
+  """The PyTorch `net` with BatchNorm affine parameters, running statistics and head biases
+  away from their defaults, in evaluation mode."""
+  import torch
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
+      elif isinstance(module, torch.nn.Linear):
+        module.bias.uniform_(-0.5, 0.5)
+  return net.eval()
+
+
+def torch_wide_resnet(depth=10, width=2, base=3, in_channels=1, seed=0):
+  """The TRADES-layout PyTorch WRN (`interop.torch_model`, needs torch) with random weights,
+  `randomized`."""
+  import torch
+  torch.manual_seed(seed)
+  return randomized(interop.torch_model("wide_resnet", 10, depth=depth, width=width,
+                                        in_channels=in_channels, base_channels=base))

@@ -118,6 +118,27 @@ def test_adversarial_examples_stay_in_the_ball_and_the_box(norm, loss, init):
     assert float(size.max()) > eps / 4  # It moved.
 
 
+@pytest.mark.parametrize("init", ["uniform", "normal"])
+def test_first_gradient_is_taken_at_the_unclipped_start(init):
+  # Every pixel is 1 and, with label 0, the loss CE = softplus(−Σ (z − 1)²) has ∂/∂z_i of
+  # sign(1 − z_i): 0 at z_i = 1, −1 above it, +1 below. As in the references, the start
+  # 1 + u is not clipped, so one step of 2ε sends a pixel with u > 0 down to the ball's face
+  # 1 − ε and one with u < 0 up to the box's face 1. About half the pixels have u > 0. Had
+  # the start been clipped to [0, 1] first, every pixel would stay at 1.
+  eps = 0.031
+
+  def logits_fn(z):
+    score = -jnp.sum((z.reshape(z.shape[0], -1) - 1.0) ** 2, axis=-1)
+    return jnp.stack([jnp.zeros_like(score), score], axis=-1)
+
+  x = jnp.ones((4, 8, 8, 1))
+  x_adv = attacks.pgd(logits_fn, x, jnp.zeros(4, jnp.int32), key=KEY, eps=eps,
+                      step_size=2 * eps, num_steps=1, init=init)
+  lowered = np.isclose(np.asarray(x_adv), 1 - eps, rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(lowered | (np.asarray(x_adv) == 1.0), True)
+  assert 0.35 < lowered.mean() < 0.65
+
+
 def test_attack_leaves_batch_norm_statistics_unchanged(wrn):
   before = jax.tree.map(np.asarray, nnx.state(wrn, nnx.BatchStat))
   logits_fn = models.model_logits_fn(wrn)
@@ -163,8 +184,11 @@ def test_an_examples_kl_attack_does_not_depend_on_the_rest_of_its_batch(wrn):
 
 def test_restarts_never_weaken_the_attack(wrn):
   logits_fn = models.model_logits_fn(wrn)
-  x, y = helpers.images(4, 64), helpers.labels(4, 64)
-  settings = dict(key=KEY, eps=0.05, step_size=0.02, num_steps=3, init="uniform")
+  # Labels are the model's own predictions, so every example starts correct and a small ball
+  # leaves the single restart room to improve on.
+  x = helpers.images(4, 64)
+  y = jnp.argmax(logits_fn(x), -1)
+  settings = dict(key=KEY, eps=0.01, step_size=0.004, num_steps=3, init="uniform")
   single = attacks.pgd(logits_fn, x, y, restarts=1, **settings)
   several = attacks.pgd(logits_fn, x, y, restarts=4, **settings)
   fooled_single = np.argmax(logits_fn(single), -1) != np.asarray(y)

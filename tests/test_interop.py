@@ -11,27 +11,7 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from robustwidth import interop, models  # noqa: E402
-
-
-def _randomized(net):
-  """`net` with non-trivial BatchNorm statistics and biases, in evaluation mode."""
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.5, 0.5)
-        module.running_mean.uniform_(-0.5, 0.5)
-        module.running_var.uniform_(0.5, 2.0)
-      elif isinstance(module, torch.nn.Linear):
-        module.bias.uniform_(-0.5, 0.5)
-  return net.eval()
-
-
-def _torch_model(depth=10, width=2, base=3, in_channels=1, seed=0):
-  """The TRADES-layout PyTorch WRN with random weights and BatchNorm statistics."""
-  torch.manual_seed(seed)
-  return _randomized(interop.torch_model("wide_resnet", 10, depth=depth, width=width,
-                                         in_channels=in_channels, base_channels=base))
+from tests import helpers  # noqa: E402
 
 
 def _jax_logits(model, x):
@@ -45,7 +25,7 @@ def _torch_logits(net, x):
 
 @pytest.mark.parametrize("depth,width,base,in_channels", [(10, 2, 3, 1), (16, 1, 4, 3)])
 def test_torch_weights_give_the_same_logits(depth, width, base, in_channels):
-  net = _torch_model(depth, width, base, in_channels)
+  net = helpers.torch_wide_resnet(depth, width, base, in_channels)
   model = interop.from_torch_state_dict(net.state_dict())
   assert (model.depth, model.width) == (depth, width)
   x = np.random.default_rng(0).uniform(0, 1, (6, 8, 8, in_channels)).astype(np.float32)
@@ -53,7 +33,7 @@ def test_torch_weights_give_the_same_logits(depth, width, base, in_channels):
 
 
 def test_trades_extras_are_ignored_and_mismatches_named():
-  net = _torch_model()
+  net = helpers.torch_wide_resnet()
   state = {"module." + k: v for k, v in net.state_dict().items()}        # DataParallel prefix
   state.update({"module.sub_block1.layer.0.conv1.weight": torch.zeros(6, 3, 3, 3)})  # TRADES
   model = interop.from_torch_state_dict(state)
@@ -84,6 +64,39 @@ def test_export_round_trip(parameterization):
     np.testing.assert_allclose(np.asarray(a[1][...]), np.asarray(b[1][...]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model_state_dict"])
+def test_checkpoint_files_of_each_layout_load(tmp_path, wrap):
+  # A bare state_dict (TRADES), {"state_dict": ...} (RobustBench) and the paper authors'
+  # {"model_state_dict": ..., "optimizer_state_dict": ..., "epoch": ...}.
+  net = helpers.torch_wide_resnet()
+  optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+  checkpoint = {"plain": net.state_dict(), "state_dict": {"state_dict": net.state_dict()},
+                "model_state_dict": {"model_state_dict": net.state_dict(),
+                                     "optimizer_state_dict": optimizer.state_dict(),
+                                     "epoch": 3}}[wrap]
+  torch.save(checkpoint, tmp_path / "ckpt.pt")
+  model = interop.load_torch_checkpoint(str(tmp_path / "ckpt.pt"))
+  x = np.random.default_rng(3).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
+  np.testing.assert_allclose(_jax_logits(model, x), _torch_logits(net, x), atol=1e-4)
+
+
+def test_a_training_pass_moves_batch_norm_statistics_as_pytorch_does():
+  # PyTorch normalizes with the biased batch variance and folds the unbiased one (n / (n − 1))
+  # into running_var with momentum 0.1; the 2-example batch makes n / (n − 1) large at the
+  # last 2×2 stage (n = 8).
+  net = helpers.torch_wide_resnet().train()
+  model = interop.from_torch_state_dict(net.state_dict())
+  x = np.random.default_rng(4).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32)
+  graphdef, params, state = models.split(model)
+  logits, state = models.apply(graphdef, params, state, x, train=True)
+  np.testing.assert_allclose(np.asarray(logits), _torch_logits(net, x), atol=1e-4)
+  theirs = net.state_dict()
+  nnx.update(model, state)
+  for key, value in interop.to_torch_state_dict(model).items():
+    if key.endswith(("running_mean", "running_var")):
+      np.testing.assert_allclose(value.numpy(), theirs[key].numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_missing_torch_names_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)
   with pytest.raises(ImportError, match=r"pip install -e \.\[torch\]"):
@@ -99,7 +112,7 @@ def test_resnet_weights_give_the_same_logits(arch, options):
   """RobustBench's ResNet-18 and PreActResNet-18 variants, 4 base channels, on 32×32 inputs
   (where their 4×4 average pool is our global one)."""
   torch.manual_seed(1)
-  net = _randomized(interop.torch_model(arch, 10, base_channels=4, **options))
+  net = helpers.randomized(interop.torch_model(arch, 10, base_channels=4, **options))
   model = interop.from_torch_state_dict(
       net.state_dict(), arch=arch,
       preactivated_shortcut=options.get("preactivated_shortcut", False))
@@ -113,7 +126,7 @@ def test_resnet_weights_give_the_same_logits(arch, options):
 def test_normalization_inside_the_model():
   """A PyTorch model that normalizes its [0, 1] input with constants, as RobustBench's do."""
   mean, std = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]
-  inner = _torch_model(depth=10, width=1, base=2, in_channels=3)
+  inner = helpers.torch_wide_resnet(depth=10, width=1, base=2, in_channels=3)
 
   def net(z):
     return inner((z - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
@@ -141,7 +154,7 @@ def test_wrong_architecture_is_named():
 
 
 def test_checkpoint_files_load_without_running_code(tmp_path):
-  net = _torch_model()
+  net = helpers.torch_wide_resnet()
   path = str(tmp_path / "model.pt")
   torch.save({"state_dict": net.state_dict(), "epoch": 3}, path)
   model = interop.load_torch_checkpoint(path)

@@ -53,6 +53,17 @@ def test_pgd_at_is_eq1_and_lambda_one_is_madry():
                                                                       rel=1e-5)
 
 
+def test_pgd_at_clamped_form_by_hand():
+  # The authors' form: CE(x) + λ · mean over examples of max(CE(x̂), CE(x)) − CE(x).
+  lam = 2.0
+  expected = np.mean(CE_NAT) + lam * np.mean(np.maximum(CE_ADV, CE_NAT) - CE_NAT)
+  assert float(losses.pgd_at(NAT, ADV, LABELS, lam, "clamped")) == pytest.approx(
+      expected, rel=1e-5)
+  # An example whose adversarial CE is below its natural CE contributes 0, not a negative.
+  assert float(losses.pgd_at_regularizer(ADV, NAT, LABELS, "clamped")) == pytest.approx(
+      np.mean(np.maximum(CE_NAT, CE_ADV) - CE_ADV), rel=1e-5)
+
+
 def _numpy_counts(nat, adv, y):
   nat, adv = nat.argmax(-1), adv.argmax(-1)
   correct, stable, adv_correct = nat == y, adv == nat, adv == y
@@ -108,7 +119,7 @@ def test_mask_drops_padding():
 
 
 def test_bounds_of_the_decomposition():
-  # A_nat + A_stab − 1 <= A_rob <= A_nat + (wrong_adv_correct fraction) (PAPER.md §2).
+  # A_nat + A_stab − 1 <= A_rob <= A_nat + (wrong_adv_correct fraction) (docs/paper.md §2).
   nat, adv, y = _random_logits(3, 1000)
   r = metrics.robustness(nat, adv, y)
   assert r["natural_accuracy"] + r["perturbation_stability"] - 1 <= r["robust_accuracy"]

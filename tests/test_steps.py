@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustwidth import data, models, optim, parallel, steps, war
+from robustwidth import attacks, data, models, optim, parallel, steps, war
 from tests import helpers
 
 ATTACK = steps.AttackSettings(eps=0.1, step_size=0.04, num_steps=2, loss="kl", init="normal")
 
 
-def _setup(method, rule=war.Rule(beta0=6.0), **attack_changes):
+def _setup(method, rule=None, **attack_changes):
   graphdef, params, state = models.split(helpers.tiny_wrn(width=4))
   optimizer = optim.sgd(optim.learning_rate_schedule("constant", base_lr=0.1,
                                                      steps_per_epoch=1, epochs=1),
@@ -20,7 +20,7 @@ def _setup(method, rule=war.Rule(beta0=6.0), **attack_changes):
   attack = None if method == "standard" else steps.AttackSettings(
       **{**ATTACK.kwargs(), "loss": loss, **attack_changes})
   settings = steps.TrainSettings(method=method, attack=attack, rule=rule)
-  train_state = steps.init_train_state(params, state, optimizer, seed=0, rule=rule)
+  train_state = steps.init_train_state(params, state, optimizer, seed=0, rule=settings.rule)
   return graphdef, optimizer, settings, train_state
 
 
@@ -53,8 +53,40 @@ def test_trades_step_updates_batch_statistics_and_reports_the_probe():
                          jax.tree.map(np.asarray, new_state.model_state))
   assert all(jax.tree.leaves(changed))
   assert float(m["lipschitz_probe"]) > 0 and float(m["beta"]) == 6.0
-  assert float(m["loss"]) == pytest.approx(
-      float(m["natural_loss"]) + 6.0 * float(m["robust_term"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("method,form", [("trades", "difference"), ("pgd_at", "difference"),
+                                         ("pgd_at", "clamped")])
+def test_logged_loss_is_the_loss_computed_by_hand(method, form):
+  # The step logs the value its gradient was taken of; recompute it here from the
+  # training-mode logits of the clean and the adversarial batch with numpy.
+  rule = war.Rule(beta0=3.0)
+  graphdef, optimizer, settings, state = _setup(method, rule)
+  settings = steps.TrainSettings(method=method, attack=settings.attack, rule=rule,
+                                 pgd_at_form=form)
+  batch = _batch(16)
+  _, m = jax.jit(steps.make_train_step(graphdef, optimizer, settings))(state, batch)
+  attack_key = jax.random.split(jax.random.fold_in(state.key, state.step))[1]
+  eval_logits = models.logits_fn(graphdef, state.params, state.model_state)
+  x, y = batch["image"], np.asarray(batch["label"])
+  x_adv = attacks.pgd(eval_logits, x, y, key=attack_key, **settings.attack.kwargs())
+
+  def log_softmax(x_in):
+    z = np.asarray(models.apply(graphdef, state.params, state.model_state, x_in,
+                                train=True)[0], np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+  log_p, log_q = log_softmax(x), log_softmax(x_adv)
+  ce_nat, ce_adv = -log_p[np.arange(16), y], -log_q[np.arange(16), y]
+  if method == "trades":
+    robust = np.mean(np.sum(np.exp(log_p) * (log_p - log_q), -1))
+  elif form == "difference":
+    robust = np.mean(ce_adv) - np.mean(ce_nat)
+  else:
+    robust = np.mean(np.maximum(ce_adv, ce_nat) - ce_nat)
+  assert float(m["loss"]) == pytest.approx(np.mean(ce_nat) + 3.0 * robust, rel=1e-5)
+  assert float(m["natural_loss"]) == pytest.approx(np.mean(ce_nat), rel=1e-5)
 
 
 def test_train_step_is_deterministic_for_a_key_and_step():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs import cifar10_width_study, default, fashion_width_study, smoke
+from configs import default, fashion_width_study, smoke, width_study
 from robustwidth import config as config_lib
 from robustwidth import data, train
 from robustwidth.checkpoint import CheckpointError
@@ -171,7 +171,7 @@ def test_cost_estimates_scale_with_the_run():
 
 
 def test_cifar_study_config_describes_the_paper_grid():
-  study = cifar10_width_study.get_config()
+  study = width_study.get_config()
   runs = sweep.expand(study, "runs/c10")
   assert len(runs) == 25 + 2 * 4
   widths = sorted({run.model.width for _, run in runs})
@@ -236,9 +236,9 @@ def test_an_extended_study_trains_only_its_new_runs(monkeypatch, tmp_path):
     width.run(study, str(tmp_path))
 
 
-CONFIGS = {"cifar10_trades": None, "cifar100_trades": None, "cifar10_width_study": None,
-           "cifar100_width_study": None, "cifar10_war_extra": "extra=/data/extra.npz",
-           "default": None, "smoke": None, "ntk_width": None}
+CONFIGS = {"trades": None, "authors": "method=pgd_at,dataset=cifar100", "width_study": None,
+           "cifar10_war_extra": "extra=/data/extra.npz", "cifar10_methods": "method=mart",
+           "fashion_width_study": None, "default": None, "smoke": None, "ntk_width": None}
 
 
 @pytest.mark.parametrize("devices", [1, 8, 16])

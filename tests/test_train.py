@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import cifar10_methods, ntk_width, smoke
+from configs import authors, cifar10_methods, ntk_width, smoke, trades, width_study
 from launch import cli
 from robustwidth import config as config_lib
 from robustwidth import train
@@ -26,7 +26,8 @@ from robustwidth.checkpoint import CheckpointError, Checkpoints
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 1437 // 64  # digits train split, smoke batch size
 # Mid-epoch checkpoints for the SIGKILL test, and the adaptive WAR rule (its λ moves every
-# step, from 6 toward ~11 here), so that resuming must restore the rule's running state too.
+# step, from 6 up toward its bound beta_max = 100 here), so that resuming must restore the
+# rule's running state too.
 TRADES = ("train.checkpoint_every_steps=5", "war.rule=adaptive", "war.reference_ratio=0.05")
 
 
@@ -79,7 +80,7 @@ def test_smoke_run_writes_its_outputs_and_a_finished_run_is_reused(baseline):
               "perturbation_stability", "params", "lipschitz_probe", "compile_time_s"):
     assert key in record
   assert record["beta_rule"].startswith("adaptive(beta0=6, r0=0.05") and record["count"] == 360
-  assert 7 < record["beta"] < 100  # The adaptive rule enlarged λ.
+  assert 7 < record["beta"] <= 100  # The adaptive rule enlarged λ, within beta_max.
   assert record["natural_accuracy"] > 0.25  # Two epochs learn something on digits.
   logged = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   kinds = [entry["kind"] for entry in logged]
@@ -312,6 +313,11 @@ def test_a_missing_data_set_names_the_prepare_command(tmp_path):
     ("train.beta", float("inf"), "config.train.beta = inf is not allowed: it must be finite"),
     ("war.beta_max", float("nan"), "config.war.beta_max = nan is not allowed: it must be finite"),
     ("seed", -1, "config.seed = -1 is not allowed: it must be an integer >= 0"),
+    ("train.batch_norm_updates", ("clean", "adv"), "name batches from ('clean', 'adversarial')"),
+    ("train.decay_epochs", (0, 90), "epochs are counted from 1"),
+    ("train.decay_epochs", (90, 75), "list each epoch once, increasing"),
+    ("train.pgd_at_form", "max", "use one of ('difference', 'clamped')"),
+    ("train.beta", -1.0, "it must be >= 0 (or unset: the method's reference)"),
 ])
 def test_invalid_values_fail_at_start_up(key, value, message):
   config = smoke.get_config()
@@ -329,6 +335,47 @@ def test_resnet_families_and_the_l1_norm_are_valid():
   config.model.depth = 20
   with pytest.raises(config_lib.ConfigError, match="a ResNet depth is 18 or 34"):
     config_lib.validate(config, device_count=jax.device_count())
+
+
+def test_pgd_at_means_madry_unless_told_otherwise():
+  # Unset λ and start resolve per method: a pgd_at run never inherits TRADES' β = 6 and start.
+  config = smoke.get_config()
+  config.train.method = "pgd_at"
+  config_lib.validate(config)
+  settings = train.train_settings(config, steps_per_epoch=1)
+  assert (settings.rule.beta0, settings.attack.init, settings.attack.loss,
+          settings.batch_norm_updates) == (1.0, "uniform", "ce", ("adversarial",))
+  config.train.pgd_at_form = "clamped"
+  assert train.train_settings(config, steps_per_epoch=1).batch_norm_updates == (
+      "adversarial", "clean")
+  settings = train.train_settings(smoke.get_config(), steps_per_epoch=1)
+  assert (settings.rule.beta0, settings.attack.init, settings.batch_norm_updates) == (
+      6.0, "normal", ("clean", "adversarial", "clean"))
+
+
+@pytest.mark.parametrize("get_config,arg,expected", [
+    (trades.get_config, "dataset=cifar100,width=5",
+     ("cifar100", 5, "trades", 6.0, 128, "multistep", ("clean", "adversarial", "clean"), 0.003)),
+    (authors.get_config, None,
+     ("cifar10", 10, "trades", 6.0, 64, "halving", ("clean", "adversarial"), 0.007)),
+    (authors.get_config, "method=pgd_at,dataset=cifar100",
+     ("cifar100", 10, "pgd_at", 2.0, 64, "halving", ("adversarial", "clean"), 0.007)),
+])
+def test_protocol_presets_validate_and_follow_their_code(get_config, arg, expected):
+  config = get_config(arg)
+  config_lib.validate(config)
+  settings = train.train_settings(config, steps_per_epoch=1)
+  assert (config.data.name, config.model.width, config.train.method, settings.rule.beta0,
+          config.train.batch_size, config.train.schedule, settings.batch_norm_updates,
+          config.eval.step_size) == expected
+  assert settings.attack.init == "normal" and config.train.decay_epochs == (75, 90, 100)
+  with pytest.raises(config_lib.ConfigError, match="dataset='svhn' is not one of"):
+    get_config("dataset=svhn")
+
+
+def test_width_study_preset_takes_the_dataset():
+  assert width_study.get_config("dataset=cifar100").data.name == "cifar100"
+  config_lib.validate(width_study.get_config())
 
 
 def test_unknown_keys_are_named():

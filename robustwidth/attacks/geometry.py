@@ -133,27 +133,26 @@ INITS = ("uniform", "normal", "none")
 
 
 def random_start(key: jax.Array, x: jax.Array, eps, norm: str, init: str) -> jax.Array:
-  """Attack starting point inside the ball and [0, 1].
+  """The attack's starting point, not projected: PGD takes its first gradient here, as the
+  TRADES and Madry references do, and projects onto B(x, ε) ∩ [0, 1] only after each step.
 
   uniform: ℓ∞: x + U(−ε, ε) per coordinate; ℓ2 (ℓ1): a uniformly random direction on the
-  unit sphere (Gaussian, for ℓ1 Laplace, draws normalized) with a radius of ε·U(0, 1). normal: x + 0.001·N(0, 1) (the TRADES start). none: x.
+  unit sphere (Gaussian, for ℓ1 Laplace, draws normalized) with a radius of ε·U(0, 1).
+  normal: x + 0.001·N(0, 1) (the TRADES start). none: x. Pixels of a saturated image can
+  start outside [0, 1]; `project` the start for a point inside the threat model.
   """
   if init == "none":
     return x
   if init == "normal":
-    return project(x + 0.001 * jax.random.normal(key, x.shape, x.dtype), x, eps, norm)
+    return x + 0.001 * jax.random.normal(key, x.shape, x.dtype)
   if norm == "linf":
-    delta = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
-  elif norm == "l1":
-    direction_key, radius_key = jax.random.split(key)
+    return x + jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
+  direction_key, radius_key = jax.random.split(key)
+  if norm == "l1":
     direction = jax.random.laplace(direction_key, x.shape, x.dtype)
     length = jnp.sum(jnp.abs(_flat(direction)), axis=-1)
     direction = direction / _per_example(jnp.maximum(length, _TINY), x)
-    radius = jax.random.uniform(radius_key, (x.shape[0],), x.dtype) * eps
-    delta = direction * _per_example(radius, x)
   else:
-    direction_key, radius_key = jax.random.split(key)
     direction = ascent_direction(jax.random.normal(direction_key, x.shape, x.dtype), "l2")
-    radius = jax.random.uniform(radius_key, (x.shape[0],), x.dtype) * eps
-    delta = direction * _per_example(radius, x)
-  return project(x + delta, x, eps, norm)
+  radius = jax.random.uniform(radius_key, (x.shape[0],), x.dtype) * eps
+  return x + direction * _per_example(radius, x)

@@ -34,7 +34,11 @@ def _check_args(logits_fn, x, y, eps, step_size, num_steps, norm, loss, init, re
 
 
 def _attack_once(logits_fn, x, y, logits_nat, key, eps, step_size, num_steps, norm, loss, init):
-  """One PGD run: (final iterate, max over iterates of the dual norm of ∇ₓ loss)."""
+  """One PGD run: (final iterate, max over iterates of the dual norm of ∇ₓ loss).
+
+  The first gradient is taken at the unprojected start (`geometry.random_start`), as in the
+  references; every step ends in B(x, ε) ∩ [0, 1], so with num_steps >= 1 so does x_adv.
+  """
 
   def total_loss(x_adv):
     return jnp.sum(objectives.objective(loss, logits_fn(x_adv), y, logits_nat))
@@ -63,7 +67,7 @@ def _success_and_loss(logits_fn, x_adv, y, logits_nat, loss):
 def pgd_lipschitz_probe(logits_fn, x, y, *, key, eps, step_size, num_steps: int,
                         norm: str = "linf", loss: str = "ce", init: str = "uniform",
                         restarts: int = 1) -> tuple[jax.Array, jax.Array]:
-  """PGD that also returns the authors' local-Lipschitz probe (PAPER.md §3).
+  """PGD that also returns the authors' local-Lipschitz probe (docs/paper.md §3).
 
   Returns (x_adv, probe): probe[i] is the max, over every iterate the attack visited (all
   restarts), of the dual norm of the per-example input gradient of the attack loss (ℓ1 for
@@ -98,8 +102,10 @@ def pgd(logits_fn, x, y, *, key, eps, step_size, num_steps: int, norm: str = "li
   mass a random start puts off a sparse optimum decays slowly, so init="none" suits it).
   loss: "ce", "cw" (logit margin), "kl" (label-free, against the natural prediction: the
   TRADES inner attack; y may be None) or "dlr". init: "uniform" (in the ball), "normal"
-  (x + 0.001·N(0, 1)) or "none". With restarts > 1 each example keeps its worst case over the restarts. The final
-  iterate is returned, as in the reference implementations.
+  (x + 0.001·N(0, 1)) or "none"; the first gradient is taken at the start as drawn, before
+  any clipping to [0, 1], as in the TRADES and Madry references. With restarts > 1 each
+  example keeps its worst case over the restarts. The final iterate is returned, as in the
+  reference implementations.
   """
   return pgd_lipschitz_probe(logits_fn, x, y, key=key, eps=eps, step_size=step_size,
                              num_steps=num_steps, norm=norm, loss=loss, init=init,

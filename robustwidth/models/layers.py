@@ -162,3 +162,57 @@ class Conv(_Scaled):
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
+
+
+BATCH_NORM_MOMENTUM = 0.1  # PyTorch's convention: running ← (1 − m) · running + m · batch
+
+
+class BatchNorm(nnx.Module):
+  """BatchNorm over all axes but the last, with PyTorch's BatchNorm2d semantics.
+
+  Training mode normalizes with the batch mean and biased variance and folds the batch mean
+  and the *unbiased* variance (n / (n − 1), n values per channel) into the running statistics
+  with momentum 0.1, as PyTorch does, so statistics exported through `interop` mean there what
+  they mean here. Evaluation mode normalizes with the running statistics. The statistics are
+  computed in float32 whatever the compute dtype.
+  """
+
+  def __init__(self, channels: int, *, epsilon: float = 1e-5, dtype=None):
+    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
+    self.epsilon = epsilon
+    self.dtype = dtype
+
+  def __call__(self, x, *, use_running_average: bool):
+    dtype = self.dtype or x.dtype
+    if use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      axes = tuple(range(x.ndim - 1))
+      x32 = x.astype(jnp.float32)
+      mean = jnp.mean(x32, axis=axes)
+      var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+      n = x.size // x.shape[-1]
+      m = BATCH_NORM_MOMENTUM
+      self.mean[...] = (1 - m) * self.mean[...] + m * mean
+      self.var[...] = (1 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
+    inverse = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+    return ((x.astype(jnp.float32) - mean) * inverse + self.bias[...]).astype(dtype)
+
+
+def fold_batch_statistics(before: nnx.State, passes) -> nnx.State:
+  """The running statistics after folding in, in order, the batch statistics of training-mode
+  passes that each started from `before` (`passes`: the model state after each).
+
+  A pass's running statistics are (1 − m)·before + m·b for its batch statistics b, so m·b is
+  recovered exactly up to float32 rounding, and a pass may be folded in more than once (the
+  TRADES reference's second clean pass) without running it again. Every leaf of the state
+  must be a BatchNorm running statistic.
+  """
+  m = BATCH_NORM_MOMENTUM
+  result = before
+  for after in passes:
+    result = jax.tree.map(lambda r, a, b: (1 - m) * r + (a - (1 - m) * b), result, after, before)
+  return result

@@ -1,20 +1,17 @@
-"""WideResNet, the TRADES variant the paper trains (PAPER.md §5).
+"""WideResNet, the TRADES variant the paper trains (docs/paper.md §5).
 
 Pre-activation basic blocks, stage channels [c, c·k, 2c·k, 4c·k] with c = 16 in the paper,
 (depth − 4) / 6 blocks per stage, strides 1/2/2, final BN-ReLU, global average pooling (the 8×8
 pool of the reference on 32×32 inputs) and a linear head. Convolutions use the He fan-out normal
 init, BatchNorm γ = 1, β = 0, and the head PyTorch's default uniform init with a zero bias.
-BatchNorm momentum and epsilon match PyTorch's defaults (0.1 → Flax 0.9, 1e-5).
+BatchNorm is PyTorch's (`layers.BatchNorm`: momentum 0.1, epsilon 1e-5, the unbiased variance
+in the running statistics).
 """
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from robustwidth.models.layers import Conv, Dense, Parameterization
-
-
-def _batch_norm(channels: int, rngs: nnx.Rngs, dtype) -> nnx.BatchNorm:
-  return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+from robustwidth.models.layers import BatchNorm, Conv, Dense, Parameterization
 
 
 class BasicBlock(nnx.Module):
@@ -27,9 +24,9 @@ class BasicBlock(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, stride: int, *,
                parameterization: Parameterization, dtype, rngs: nnx.Rngs):
     conv = dict(fan="fan_out", parameterization=parameterization, dtype=dtype, rngs=rngs)
-    self.bn1 = _batch_norm(in_channels, rngs, dtype)
+    self.bn1 = BatchNorm(in_channels, dtype=dtype)
     self.conv1 = Conv(in_channels, out_channels, 3, stride=stride, padding=1, **conv)
-    self.bn2 = _batch_norm(out_channels, rngs, dtype)
+    self.bn2 = BatchNorm(out_channels, dtype=dtype)
     self.conv2 = Conv(out_channels, out_channels, 3, padding=1, **conv)
     self.shortcut = (Conv(in_channels, out_channels, 1, stride=stride, **conv)
                      if in_channels != out_channels else None)
@@ -67,7 +64,7 @@ class WideResNet(nnx.Module):
         blocks.append(BasicBlock(channels[stage] if i == 0 else channels[stage + 1],
                                  channels[stage + 1], stride if i == 0 else 1, **common))
     self.blocks = nnx.List(blocks)
-    self.bn = _batch_norm(channels[3], rngs, dtype)
+    self.bn = BatchNorm(channels[3], dtype=dtype)
     self.head = Dense(channels[3], num_classes, gain=1 / 3, distribution="uniform", **common)
 
   def __call__(self, x, train: bool = False):

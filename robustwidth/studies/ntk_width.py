@@ -1,4 +1,4 @@
-"""The NTK width study (PAPER.md §3): how input-gradient norms, the authors' local-Lipschitz
+"""The NTK width study (docs/paper.md §3): how input-gradient norms, the authors' local-Lipschitz
 probe and the empirical NTK scale with width, at initialization over many seeds and after
 training, under standard and NTK parameterization.
 
@@ -317,7 +317,7 @@ def _report(config, records, fits, implementations, plots, wall_s) -> str:
       f"{wall_s:.0f} s.", "",
       f"Each cell: the slope of log(quantity) against log(width) with its "
       f"{study.confidence:.0%} interval (Student t over every (width, seed) point). 0 means no "
-      "growth with width; 0.5 is the √width growth of the reading notes (PAPER.md §3). For "
+      "growth with width; 0.5 is the √width growth of the reading notes (docs/paper.md §3). For "
       "reference, wide-network theory predicts an NTK trace growing linearly with width under "
       "standard parameterization (slope 1, less at small widths, where the width-independent "
       "input layer still weighs) and converging under NTK parameterization (slope 0).", ""]

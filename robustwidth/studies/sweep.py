@@ -11,7 +11,7 @@ from robustwidth import config as config_lib
 
 def run_name(config: ml_collections.ConfigDict) -> str:
   """A run's directory name, e.g. `w4_b6_s0_fixed`."""
-  return f"w{config.model.width}_b{config.train.beta:g}_s{config.seed}_{config.war.rule}"
+  return f"w{config.model.width}_b{config_lib.beta(config):g}_s{config.seed}_{config.war.rule}"
 
 
 def expand(study: ml_collections.ConfigDict, workdir: str
