@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from robustwidth.models.layers import Conv, Dense, Parameterization
-from robustwidth.models.wide_resnet import _batch_norm
+from robustwidth.models.layers import BatchNorm, Conv, Dense, Parameterization
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
@@ -49,13 +48,13 @@ class BasicBlock(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, stride: int, *, common, rngs):
     dtype = common["dtype"]
     self.conv1 = Conv(in_channels, out_channels, 3, stride=stride, padding=1, **common)
-    self.bn1 = _batch_norm(out_channels, rngs, dtype)
+    self.bn1 = BatchNorm(out_channels, dtype=dtype)
     self.conv2 = Conv(out_channels, out_channels, 3, padding=1, **common)
-    self.bn2 = _batch_norm(out_channels, rngs, dtype)
+    self.bn2 = BatchNorm(out_channels, dtype=dtype)
     projected = stride != 1 or in_channels != out_channels
     self.shortcut = Conv(in_channels, out_channels, 1, stride=stride, **common) if projected \
         else None
-    self.shortcut_bn = _batch_norm(out_channels, rngs, dtype) if projected else None
+    self.shortcut_bn = BatchNorm(out_channels, dtype=dtype) if projected else None
 
   def __call__(self, x, train: bool):
     out = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
@@ -71,9 +70,9 @@ class PreActBlock(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, stride: int, *,
                preactivated_shortcut: bool, common, rngs):
     dtype = common["dtype"]
-    self.bn1 = _batch_norm(in_channels, rngs, dtype)
+    self.bn1 = BatchNorm(in_channels, dtype=dtype)
     self.conv1 = Conv(in_channels, out_channels, 3, stride=stride, padding=1, **common)
-    self.bn2 = _batch_norm(out_channels, rngs, dtype)
+    self.bn2 = BatchNorm(out_channels, dtype=dtype)
     self.conv2 = Conv(out_channels, out_channels, 3, padding=1, **common)
     self.shortcut = (Conv(in_channels, out_channels, 1, stride=stride, **common)
                      if stride != 1 or in_channels != out_channels else None)
@@ -98,7 +97,7 @@ class ResNet(nnx.Module):
     self.depth = depth
     common = dict(parameterization=parameterization, dtype=dtype, rngs=rngs)
     self.stem = Conv(in_channels, base_channels, 3, padding=1, **common)
-    self.stem_bn = _batch_norm(base_channels, rngs, dtype)
+    self.stem_bn = BatchNorm(base_channels, dtype=dtype)
     self.blocks = nnx.List([BasicBlock(a, b, s, common=common, rngs=rngs)
                             for a, b, s in _stages(depth, base_channels)])
     self.head = Dense(8 * base_channels, num_classes, gain=1 / 3, distribution="uniform",
@@ -124,7 +123,7 @@ class PreActResNet(nnx.Module):
     self.blocks = nnx.List([
         PreActBlock(a, b, s, preactivated_shortcut=preactivated_shortcut, common=common,
                     rngs=rngs) for a, b, s in _stages(depth, base_channels)])
-    self.bn = _batch_norm(8 * base_channels, rngs, dtype) if final_bn else None
+    self.bn = BatchNorm(8 * base_channels, dtype=dtype) if final_bn else None
     self.head = Dense(8 * base_channels, num_classes, gain=1 / 3, distribution="uniform",
                       **common)
 
