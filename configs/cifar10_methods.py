@@ -20,8 +20,7 @@ def get_config(arg=None):
   args = config_lib.parse_arg(arg, method="mart", width=10)
   if args.method not in METHODS:
     raise config_lib.ConfigError(f"method={args.method!r} is not one of {METHODS}.")
-  c = common.cifar_trades("cifar10", width=args.width, beta=6.0, epochs=200,
-                          schedule="multistep")
+  c = common.trades("cifar10", width=args.width, beta=6.0, epochs=200, schedule="multistep")
   if args.method == "mart":
     c.train.method = "mart"
     c.train.epochs = 90

@@ -22,11 +22,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 mode=${1:?usage: see the comment at the top of launch/multihost.sh}; shift
 
-# Runs its arguments as one command, or prints them shell-quoted under DRY_RUN.
+# Runs its arguments as one command, or prints them shell-quoted under DRY_RUN (one write
+# per command, so that the local mode's concurrent processes never interleave their lines).
 run() {
   if [[ -n "${DRY_RUN:-}" ]]; then
-    printf '%q ' "$@"
-    echo
+    local line
+    line=$(printf '%q ' "$@")
+    printf '%s\n' "$line"
   else
     "$@"
   fi

