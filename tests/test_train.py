@@ -17,11 +17,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import authors, cifar10_methods, ntk_width, smoke, trades, width_study
+from configs import (authors, cifar10_methods, fashion_width_study, ntk_width, smoke, trades,
+                     width_study)
 from launch import cli
 from robustwidth import config as config_lib
 from robustwidth import train
 from robustwidth.checkpoint import CheckpointError, Checkpoints
+from tests import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 1437 // 64  # digits train split, smoke batch size
@@ -509,3 +511,25 @@ def test_the_launcher_prints_a_user_error_as_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       "ConfigError: config.seed = -1 is not allowed: it must be an integer >= 0. "
       "(set ROBUSTWIDTH_DEBUG=1 for the traceback)")
+
+
+@pytest.mark.parametrize("method,awp_gamma,ema_decay,lr", [("trades", 5e-3, 0.5, 0.05),
+                                                           ("pgd_at", 1e-2, 0.0, 0.05)])
+def test_the_new_methods_train_on_fashion_mnist_files(method, awp_gamma, ema_decay, lr,
+                                                       tmp_path):
+  # TRADES-AWP with a weight average, and AT-AWP: each learns the learnable patches of
+  # generated Fashion-MNIST IDX files (chance is 0.1), read through the real loader.
+  helpers.write_fashion_idx(tmp_path, counts=(256, 64), learnable=True)
+  config = fashion_width_study.get_config("family=mlp")
+  config.job, config.data.data_dir, config.data.train_examples = "train", str(tmp_path), 0
+  config.model.width, config.model.base_channels = 1, 16
+  config.train.method, config.train.beta = method, None
+  config.train.awp_gamma, config.train.awp_start_epoch = awp_gamma, 1
+  config.train.ema_decay, config.train.lr = ema_decay, lr
+  config.train.epochs, config.train.batch_size, config.train.attack_steps = 8, 32, 2
+  config.eval.every_epochs, config.eval.num_steps, config.eval.batch_size = 8, 2, 64
+  config.eval.autoattack_examples = 0
+  record = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert record["dataset"] == "fashion_mnist" and record["method"] == method
+  assert record["evaluated_weights"] == ("ema" if ema_decay else "raw")
+  assert record["natural_accuracy"] > 0.2  # twice chance after 64 steps
