@@ -1,11 +1,9 @@
 """The attack loop form: a rolled `lax.fori_loop`, measured against the unrolled one.
 
-Unrolling once ran several times faster on XLA:CPU, until the convolution's derivative got its
-CPU-friendly form (models/layers.py); since then the rolled loop is faster and compiles faster
-(WRN-16-1 TRADES step, batch 128, 2 cores: 3.54 s rolled vs 4.30 s unrolled, compile 7.0 s vs
-9.7 s; `python -m bench.trades_step --width 1 --loop rolled|unrolled`, docs/benchmarks.md), and
-its compile time does not grow with the step count. `forced_unroll` remains for benchmarks and
-for counting FLOPs.
+With the convolution's CPU derivative forms (models/layers.py) the rolled loop is as fast as
+the unrolled one or faster, and its compile time does not grow with the step count
+(`python -m bench.trades_step --width 1 --loop rolled|unrolled`, docs/benchmarks.md).
+`forced_unroll` remains for benchmarks and for counting FLOPs.
 """
 import contextlib
 

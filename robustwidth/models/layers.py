@@ -10,12 +10,11 @@ At initialization both give the same output distribution; they differ in how gra
 the neural tangent kernel) scale with width. Convolutions pad explicitly and symmetrically, as
 PyTorch does, so that weights move between the two frameworks unchanged.
 
-`conv2d` computes exactly `lax.conv_general_dilated` and defines its derivative itself, in forms
-XLA:CPU runs fast (docs/benchmarks.md): the input gradient, inside a rolled attack loop, ran 13×
-slower with the kernel layout JAX's own rule gives it, and XLA's kernel gradient runs at under
-10% of peak, where Winograd's form takes a quarter to a fourteenth of its time on the WRN's
-layers (off the 3×3 stride-1 case: a matrix product of the input patches). Off CPU, every
-derivative is XLA's own convolution.
+`conv2d` computes exactly `lax.conv_general_dilated` and defines its derivative itself, in the
+forms measured fastest on XLA:CPU (docs/benchmarks.md): the input gradient through the kernel
+stored as HWOI (JAX's own layout is far slower inside a rolled attack loop), the kernel gradient
+by Winograd for 3×3 stride-1 convolutions and otherwise by a matrix product of the input
+patches. Off CPU, every derivative is XLA's own convolution.
 """
 import functools
 from typing import Literal
