@@ -7,12 +7,13 @@ ignored setting.
 """
 import ast
 import difflib
+import json
 import math
 
 import ml_collections
 
 from robustwidth import attacks, data, losses, optim, steps, war
-from robustwidth.models import FAMILIES, PARAMETERIZATIONS
+from robustwidth.models import CNN_HEADS, FAMILIES, PARAMETERIZATIONS
 
 JOBS = ("train", "width_study", "ntk_width")
 DTYPES = ("float32", "bfloat16")
@@ -44,6 +45,8 @@ def base() -> ml_collections.ConfigDict:
   c.model.depth = 10                 # WRN depth (6n + 4), ResNet depth (18 | 34) or MLP layers
   c.model.width = 1                  # the width multiplier k
   c.model.base_channels = 16         # channels (MLP: units) that k multiplies
+  c.model.strides = (1, 2, 2)        # the CNN's three convolutions' strides
+  c.model.cnn_head = "pool"          # the CNN's head: pool (global average) | flatten
   c.model.parameterization = "standard"   # standard | ntk
   c.model.dtype = "float32"          # compute dtype; parameters and BN stats stay float32
 
@@ -171,16 +174,26 @@ def differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
   """(key, saved value, current value) for each setting in which two runs' configurations
   (as JSON dicts) differ. The sweep section is left out: it is the grid a study's runs come
   from, not a setting of any one run, so a study extended by widths, β values, seeds or rules
-  keeps its finished runs."""
+  keeps its finished runs. A key the saved configuration lacks (added to `base()` after the run)
+  counts only if its current value is not the default, which keeps the old behaviour."""
+  defaults = json.loads(base().to_json())
   return _tree_differences({k: v for k, v in saved.items() if k != "sweep"},
-                           {k: v for k, v in current.items() if k != "sweep"})
+                           {k: v for k, v in current.items() if k != "sweep"}, defaults)
 
 
-def _tree_differences(saved, current, prefix: str = ""):
+_MISSING = object()
+
+
+def _tree_differences(saved, current, defaults, prefix: str = ""):
   if isinstance(saved, dict) and isinstance(current, dict):
     out = []
     for key in sorted(set(saved) | set(current)):
-      out += _tree_differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+      default = defaults.get(key, _MISSING) if isinstance(defaults, dict) else _MISSING
+      value = saved.get(key, _MISSING)
+      if value is _MISSING and default is not _MISSING:
+        value = default
+      out += _tree_differences(None if value is _MISSING else value, current.get(key),
+                               default, f"{prefix}{key}.")
     return out
   return [] if saved == current else [(prefix.rstrip("."), saved, current)]
 
@@ -205,6 +218,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
                         "(all keys and defaults: robustwidth/config.py).")
   choices = {
       "job": JOBS, "data.name": data.DATASETS, "model.family": FAMILIES,
+      "model.cnn_head": CNN_HEADS,
       "model.parameterization": PARAMETERIZATIONS, "model.dtype": DTYPES,
       "attack.norm": attacks.NORMS, "train.method": steps.METHODS,
       "train.attack_init": attacks.INITS, "train.schedule": optim.SCHEDULES,
@@ -237,6 +251,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     values = value if isinstance(value, tuple) else (value,)
     if any(isinstance(v, float) and not math.isfinite(v) for v in values):
       _fail(key, value, "it must be finite")
+  strides = tuple(config.model.strides)
+  if len(strides) != 3 or not all(isinstance(s, int) and s >= 1 for s in strides):
+    _fail("model.strides", config.model.strides,
+          "the CNN's three convolutions each take an integer stride >= 1, e.g. (2, 2, 2)")
   if not isinstance(config.seed, int) or config.seed < 0:
     _fail("seed", config.seed, "it must be an integer >= 0")
   for key in ("data.train_examples", "eval.autoattack_examples"):

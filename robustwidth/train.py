@@ -48,7 +48,8 @@ def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: int
   return models.create_model(
       config.model.family, width=config.model.width, num_classes=num_classes,
       input_shape=image_shape, seed=config.seed, depth=config.model.depth,
-      base_channels=config.model.base_channels,
+      base_channels=config.model.base_channels, strides=config.model.strides,
+      cnn_head=config.model.cnn_head,
       parameterization=config.model.parameterization, dtype=_dtype(config.model.dtype))
 
 

@@ -122,6 +122,22 @@ def test_fab_projections_solve_the_box_constrained_problem(norm):
   np.testing.assert_allclose(np.sum(w * (t + d), 1)[reachable], b[reachable], atol=2e-3)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_projections_are_exact_on_image_sized_rows_with_tied_breakpoints(norm):
+  """784 coordinates on the 8-bit grid, as Fashion-MNIST's: hundreds of equal breakpoints."""
+  rng = np.random.default_rng(1)
+  t = (rng.integers(0, 256, (8, 784)) / 255).astype(np.float32)
+  t[:, :300] = 0.0                                   # a black background
+  w = rng.normal(size=(8, 784)).astype(np.float32)
+  b = (np.sum(w * t, 1) + rng.normal(0, 20.0, 8)).astype(np.float32)
+  project, brute = {"linf": (project_linf, _brute_force_linf),
+                    "l2": (project_l2, _brute_force_l2)}[norm]
+  d = np.asarray(project(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
+  expected = brute(t.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+  np.testing.assert_allclose(d, expected, atol=1e-5)
+  np.testing.assert_allclose(np.sum(w * (t + d), 1), b, rtol=1e-4, atol=1e-3)
+
+
 def test_square_window_corners_follow_the_reference():
   """The reference draws a corner as ⌊u·(H − side)⌋ (torch.rand in [0, 1)): on 8×8, a 1-pixel
   window lands on rows and columns 0-6, never 7; a full-size window sits at 0."""

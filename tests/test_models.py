@@ -60,6 +60,38 @@ def test_mlp_and_cnn_counts(width):
   assert cnn == 9 * 3 * a + a + 9 * a * b + b + 9 * b * c + c + c * 10 + 10
 
 
+def _numpy_conv(x, kernel, stride):
+  """3×3 convolution with zero padding 1, by loops over output positions."""
+  n, h, w, _ = x.shape
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out_h, out_w = -(-h // stride), -(-w // stride)
+  out = np.zeros((n, out_h, out_w, kernel.shape[-1]))
+  for i in range(out_h):
+    for j in range(out_w):
+      patch = padded[:, i * stride:i * stride + 3, j * stride:j * stride + 3, :]
+      out[:, i, j] = np.einsum("nhwc,hwcd->nd", patch, kernel)
+  return out
+
+
+def test_the_cnn_with_stride_two_and_a_flattened_head_matches_a_numpy_forward_pass():
+  """28×28 → 14 → 7 → 4 with strides (2, 2, 2); the head reads all 4·4·4c features."""
+  model = models.create_model("cnn", width=1, num_classes=10, input_shape=(28, 28, 1), seed=0,
+                              base_channels=2, strides=(2, 2, 2), cnn_head="flatten")
+  assert model.head.kernel[...].shape == (4 * 4 * 8, 10)
+  x = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
+  out = x.astype(np.float64)
+  for conv in model.convs:
+    kernel = np.asarray(conv.kernel[...]) * float(conv.multiplier)
+    out = np.maximum(_numpy_conv(out, kernel, 2) + np.asarray(conv.bias[...]), 0.0)
+  head = model.head
+  expected = (out.reshape(3, -1) @ (np.asarray(head.kernel[...]) * float(head.multiplier))
+              + np.asarray(head.bias[...]))
+  np.testing.assert_allclose(np.asarray(model(jnp.asarray(x))), expected, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="CNN head 'max': use one of"):
+    models.create_model("cnn", width=1, num_classes=10, input_shape=(28, 28, 1), seed=0,
+                        cnn_head="max")
+
+
 @pytest.mark.parametrize("family", ["mlp", "cnn", "wide_resnet"])
 def test_ntk_parameterization_computes_the_same_function_at_init(family):
   # Same seed → same unit-variance draws; standard stores w·sqrt(gain/fan), NTK stores w and

@@ -290,6 +290,24 @@ def test_a_checkpoint_of_another_configuration_is_refused(baseline, tmp_path):
     train.train_and_evaluate(config, str(workdir))
 
 
+def test_a_run_finished_before_a_setting_existed_is_reused_at_that_settings_default(
+    baseline, tmp_path):
+  """A record written before `model.cnn_head` was added to the schema: the default (the old
+  behaviour) matches it, a non-default value does not."""
+  workdir = tmp_path / "older"
+  shutil.copytree(baseline[0], workdir)
+  record = json.loads((workdir / "record.json").read_text())
+  del record["config"]["model"]["cnn_head"]
+  (workdir / "record.json").write_text(json.dumps(record))
+  reused = train.train_and_evaluate(_baseline_config(), str(workdir))
+  assert reused["natural_accuracy"] == record["natural_accuracy"]
+  config = _baseline_config()
+  config.model.cnn_head = "flatten"
+  with pytest.raises(CheckpointError, match=r"config.model.cnn_head: record 'pool', now "
+                     r"'flatten'"):
+    train.train_and_evaluate(config, str(workdir))
+
+
 def test_a_missing_data_set_names_the_prepare_command(tmp_path):
   config = smoke.get_config()
   config.data.name = "cifar10"

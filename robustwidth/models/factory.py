@@ -10,13 +10,15 @@ FAMILIES = ("wide_resnet", "cnn", "mlp", "resnet", "preact_resnet")
 
 def create_model(family: str, *, width: int, num_classes: int,
                  input_shape: tuple[int, int, int], seed: int, depth: int = 34,
-                 base_channels: int = 16, parameterization: str = "standard",
+                 base_channels: int = 16, strides: tuple[int, int, int] = (1, 2, 2),
+                 cnn_head: str = "pool", parameterization: str = "standard",
                  dtype=None) -> nnx.Module:
   """`input_shape` is (height, width, channels) of one image.
 
   `depth` is the WideResNet or ResNet depth (ResNet: 18 or 34) or the MLP's number of hidden
   layers; `base_channels` the channel (or, for the MLP, unit) count that `width` multiplies
-  (ResNet-18 as published: 64 channels at width 1). The CNN ignores `depth`.
+  (ResNet-18 as published: 64 channels at width 1). The CNN ignores `depth`; only the CNN
+  takes `strides` (its three convolutions') and `cnn_head` (`CNN`'s `head`).
   """
   rngs = nnx.Rngs(params=seed)
   common = dict(parameterization=parameterization, dtype=dtype, rngs=rngs)
@@ -24,7 +26,8 @@ def create_model(family: str, *, width: int, num_classes: int,
     return WideResNet(depth, width, num_classes, in_channels=input_shape[-1],
                       base_channels=base_channels, **common)
   if family == "cnn":
-    return CNN(input_shape[-1], num_classes, width=width, base_channels=base_channels, **common)
+    return CNN(input_shape[-1], num_classes, width=width, base_channels=base_channels,
+               strides=tuple(strides), head=cnn_head, input_size=input_shape[:2], **common)
   if family == "mlp":
     return MLP(input_shape, num_classes, width=width, depth=depth, base_units=base_channels,
                **common)

@@ -93,6 +93,7 @@ def print_estimates(runs) -> None:
   total_flops, cache = 0.0, {}
   for run_dir, run in runs:
     key = (run.model.family, run.model.depth, run.model.width, run.model.base_channels,
+           tuple(run.model.strides), run.model.cnn_head,
            run.data.name, run.data.train_examples)
     if key not in cache:  # FLOPs depend on the architecture, not on β, seed or rule.
       cache[key] = run_flops(run)
