@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import ntk_width as ntk_width_config
+from robustwidth import config as config_lib
 from robustwidth import data, ntk, train
 from robustwidth.models import create_model, functional, model_logits_fn
 from robustwidth.studies import ntk_width
@@ -40,6 +41,14 @@ def test_config_reaches_4096_units_in_the_two_layer_net_under_trades(dataset):
   assert study.mlp.depth == 1 and max(study.mlp.widths) * study.mlp.base_channels >= 4096
   assert set(study.trained_methods) == {"standard", "trades"}
   assert set(study.trained_parameterizations) == {"standard", "ntk"}
+  for method in study.trained_methods:  # each training run is a valid, distinct run
+    runs = {p: ntk_width._train_config(config, method, "mlp", 256, p)
+            for p in study.trained_parameterizations}
+    for run in runs.values():
+      config_lib.validate(run)
+      assert (run.train.method, run.model.depth, run.model.width) == (method, 1, 256)
+    assert (runs["standard"].train.lr, runs["ntk"].train.lr) == (
+        config.train.lr, study.ntk_lr)
 
 
 def test_unknown_dataset_is_refused():
