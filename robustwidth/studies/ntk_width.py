@@ -174,8 +174,9 @@ def _train_config(config, method: str, family: str, width: int, parameterization
 
 
 def _trained_records(config, split, workdir, log) -> list[dict]:
-  """Trains one run per (method, family, parameterization, width) with config.train, the
-  method replaced, then measures its best checkpoint."""
+  """Trains one run per (method, family, parameterization, width) with config.train, its
+  method replaced (and under NTK parameterization its lr, by ntk_width.ntk_lr), then measures
+  its best checkpoint."""
   study = config.ntk_width
   x, y, x_kernel = _examples(config, split)
   records = []
