@@ -250,8 +250,10 @@ def test_every_shipped_config_validates_on_1_8_and_16_devices(name, devices):
     runs = sweep.validated_runs(config, "runs/study", devices)
     assert len(runs) == len(sweep.expand(config, "runs/study"))
   elif config.job == "ntk_width":
-    for family in config.ntk_width.trained_families:
-      config_lib.validate(ntk_width._train_config(config, family, 1, "standard"), devices)
+    for method, family in itertools.product(config.ntk_width.trained_methods,
+                                            config.ntk_width.trained_families):
+      config_lib.validate(ntk_width._train_config(config, method, family, 1, "standard"),
+                          devices)
   else:
     config_lib.validate(config, devices)
   assert config_lib.eval_padded_batch(config, devices) % devices == 0
