@@ -1,4 +1,4 @@
-# Both targets build and reuse a local virtual environment in .venv; nothing else is needed.
+# Both targets build and reuse a local virtual environment in .venv; demo also needs Fashion-MNIST.
 # The interpreter: Python >= 3.12 found by tools/find_python.sh (PYTHON=... overrides).
 VENV := .venv
 PY := $(VENV)/bin/python
