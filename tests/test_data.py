@@ -273,6 +273,71 @@ def test_the_debian_package_files_load():
     assert loaded.images.min() == 0 and loaded.images.max() == 255
 
 
+class _FakeApt:
+  """subprocess.run for apt-get (other commands run): records each apt-get command; `install`
+  writes the package's files."""
+
+  def __init__(self, package_dir, fail=None):
+    self.package_dir, self.fail, self.commands = package_dir, fail, []
+    self.run = subprocess.run
+
+  def __call__(self, command, **kwargs):
+    if command[0] != "apt-get":
+      return self.run(command, **kwargs)
+    self.commands.append(command)
+    if command[:2] == ["apt-get", "install"] and not self.fail:
+      self.package_dir.mkdir()
+      helpers.write_fashion_idx(self.package_dir, counts=(30, 10))
+    return subprocess.CompletedProcess(command, 100 if command == self.fail else 0, "",
+                                       "E: Unable to locate package" if self.fail else "")
+
+
+@pytest.fixture
+def no_fashion_mnist(monkeypatch, tmp_path):
+  """Neither TFDS's default directory nor the Debian one holds Fashion-MNIST; this runs as
+  root with apt-get on the PATH."""
+  import tensorflow_datasets as tfds
+  from launch import prepare_data
+  monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "tfds"))
+  monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "debian"))
+  monkeypatch.setattr(os, "geteuid", lambda: 0)
+  monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+  return prepare_data, tmp_path / "debian"
+
+
+def test_prepare_data_installs_the_debian_package_where_fashion_mnist_is_missing(
+    no_fashion_mnist, monkeypatch, capsys):
+  prepare_data, debian_dir = no_fashion_mnist
+  apt = _FakeApt(debian_dir)
+  monkeypatch.setattr(subprocess, "run", apt)
+  prepare_data.main(["fashion_mnist"])
+  assert apt.commands == [["apt-get", "update"],
+                          ["apt-get", "install", "-y", "dataset-fashion-mnist"]]
+  assert capsys.readouterr().out.splitlines()[-1] == (
+      "fashion_mnist is ready: 30 train, 10 test examples.")
+  prepare_data.main(["fashion_mnist"])  # present now: nothing is installed again
+  assert len(apt.commands) == 2
+
+
+def test_prepare_data_names_both_ways_where_it_cannot_install_fashion_mnist(
+    no_fashion_mnist, monkeypatch, tmp_path):
+  prepare_data, debian_dir = no_fashion_mnist
+  apt = _FakeApt(debian_dir, fail=["apt-get", "install", "-y", "dataset-fashion-mnist"])
+  monkeypatch.setattr(subprocess, "run", apt)
+  with pytest.raises(SystemExit) as failed:  # the package cannot be found
+    prepare_data.main(["fashion_mnist"])
+  assert "`apt-get install -y dataset-fashion-mnist` failed (100): E: Unable" in str(
+      failed.value)
+  monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root; then another data_dir
+  for argv in (["fashion_mnist"], ["fashion_mnist", "--data_dir", str(tmp_path / "mine")]):
+    with pytest.raises(SystemExit) as failed:
+      prepare_data.main(argv)
+    message = str(failed.value)
+    assert "apt-get update && apt-get install dataset-fashion-mnist" in message
+    assert "download_and_prepare(file_format='array_record')" in message
+  assert len(apt.commands) == 2
+
+
 # --- Iterators ----------------------------------------------------------------------------------
 
 def _indexed_split(count: int) -> data.Split:

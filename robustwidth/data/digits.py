@@ -1,5 +1,5 @@
 """scikit-learn's `load_digits` (1,797 real 8×8 grey-scale digits, shipped inside the wheel):
-the embedded default data set, so the main job runs with no download.
+the embedded default data set, so tests and first runs need no download.
 
 Pixels 0..16 are scaled to [0, 1]. The split is fixed: a stratified 80/20 train/test split
 drawn once with seed 0 (1,437 train, 360 test).
