@@ -8,14 +8,7 @@ trains the MLP family only; `:full=True` also trains the CNN family and adds Wid
 
   python -m launch.main --config configs/ntk_width.py --workdir runs/ntk_width
 """
-import ml_collections
-
 from robustwidth import config as config_lib
-
-
-def _family(widths, base_channels, depth):
-  return ml_collections.ConfigDict(
-      {"widths": widths, "base_channels": base_channels, "depth": depth})
 
 
 def get_config(arg=None):
@@ -37,30 +30,15 @@ def get_config(arg=None):
   c.eval.step_size = 0.025
   c.eval.batch_size = 360
 
-  study = ml_collections.ConfigDict()
-  study.families = ("mlp", "cnn", "wide_resnet")
-  study.trained_families = ("mlp",)
-  study.parameterizations = ("standard", "ntk")
-  study.trained_parameterizations = ("standard", "ntk")
-  # Per family: widths (geometric), the channels/units width multiplies, and depth (MLP
-  # hidden layers, WideResNet 6n + 4; the CNN has three conv layers and ignores it).
-  study.mlp = _family((1, 2, 4, 8, 16), 16, 2)
-  study.cnn = _family((1, 2, 4, 8), 4, 3)
-  study.wide_resnet = _family((1, 2, 4), 2, 10)
+  study = c.ntk_width
   study.init_seeds = args.seeds
-  study.num_examples = 32            # test examples for gradient norms and the probe
-  study.kernel_examples = 8          # test examples for the NTK ([8·10, 8·10] Gram matrix)
-  study.top_eigenvalues = 3
-  study.implementation = "jacobian_contraction"
-  study.confidence = 0.95
-  study.timing_repeats = 3           # per NTK implementation and width (0: no timing)
   if args.full:
     study.trained_families = ("mlp", "cnn")
     study.wide_resnet.widths = (1, 2, 4, 8)
   if args.quick:
     study.families = ("mlp",)
     study.trained_families = ("mlp",)
-    study.mlp = _family((1, 2, 4), 8, 1)
+    study.mlp.update(widths=(1, 2, 4), base_channels=8, depth=1)
     study.init_seeds = 2
     study.num_examples = 8
     study.kernel_examples = 4
@@ -69,5 +47,4 @@ def get_config(arg=None):
     c.train.epochs = 1
     c.eval.every_epochs = 1
     c.eval.num_steps = 1
-  c.ntk_width = study
   return c
