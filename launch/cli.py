@@ -11,11 +11,14 @@ DEBUG_VARIABLE = "ROBUSTWIDTH_DEBUG"
 
 def start(argv) -> None:
   """Refuses stray positional arguments and, unless --verbosity was given, logs at WARNING
-  (orbax logs every checkpoint save at INFO)."""
+  (orbax logs every checkpoint save at INFO), without orbax's notice of saves without
+  metrics."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  from robustwidth.checkpoint import hide_no_metrics_notice
+  hide_no_metrics_notice()
 
 
 def run(main) -> None:
