@@ -19,13 +19,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="the official binary archive, e.g. cifar-10-binary.tar.gz")
   parser.add_argument("--data_dir", default=None,
                       help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-  parser.add_argument("--skip_checksum", action="store_true",
-                      help="accept an archive whose size and SHA-256 differ from the official "
-                           "one (archives generated in the same format, for tests)")
   args = parser.parse_args(argv)
   try:
-    path, counts = cifar.prepare(args.name, args.archive, data_dir=args.data_dir,
-                                 verify_checksum=not args.skip_checksum)
+    path, counts = cifar.prepare(args.name, args.archive, data_dir=args.data_dir)
   except (ImportError, FileNotFoundError, ValueError) as error:
     sys.exit(f"prepare_data: {error}")
   print(f"{args.name} is ready in {path}: " +
