@@ -15,17 +15,10 @@ is a seconds-long smoke run on digits.
   python -m launch.main --config configs/ntk_width.py:dataset=fashion_mnist \
       --workdir runs/ntk_width_fashion
 """
-import ml_collections
-
 from robustwidth import config as config_lib
 
 
 DATASETS = ("digits", "fashion_mnist")
-
-
-def _family(widths, base_channels, depth):
-  return ml_collections.ConfigDict(
-      {"widths": widths, "base_channels": base_channels, "depth": depth})
 
 
 def get_config(arg=None):
@@ -49,28 +42,9 @@ def get_config(arg=None):
   c.eval.step_size = 0.025
   c.eval.batch_size = 360
 
-  study = ml_collections.ConfigDict()
-  study.families = ("mlp", "cnn", "wide_resnet")
-  study.trained_families = ("mlp",)
-  study.trained_methods = ("standard", "trades")
-  study.parameterizations = ("standard", "ntk")
-  study.trained_parameterizations = ("standard", "ntk")
-  # The NTK parameterization's gradients are smaller by √fan-in, so it trains at a larger lr,
-  # one that is the same at every width (its NTK does not grow with width): at c.train.lr the
-  # 16-unit MLP reaches 43% training accuracy on digits in 10 epochs, at 0.5 90%, at 2.0 95%.
-  study.ntk_lr = 1.0
-  # Per family: widths (geometric), the channels/units width multiplies, and depth (MLP
-  # hidden layers, WideResNet 6n + 4; the CNN has three conv layers and ignores it).
-  study.mlp = _family((1, 4, 16, 64, 256), 16, 1)
-  study.cnn = _family((1, 2, 4, 8), 4, 3)
-  study.wide_resnet = _family((1, 2, 4), 2, 10)
-  study.init_seeds = args.seeds or 8  # seeds=0: 8 here, 4 on Fashion-MNIST
-  study.num_examples = 32            # test examples for gradient norms and the probe
-  study.kernel_examples = 4          # test examples for the NTK ([4·10, 4·10] Gram matrix)
-  study.top_eigenvalues = 3
-  study.implementation = "jacobian_contraction"
-  study.confidence = 0.95
-  study.timing_repeats = 3           # per NTK implementation and width (0: no timing)
+  study = c.ntk_width
+  if args.seeds:
+    study.init_seeds = args.seeds
   if args.dataset == "fashion_mnist":
     c.data.train_examples = 2000
     c.train.epochs = 5
@@ -86,7 +60,7 @@ def get_config(arg=None):
   if args.quick:
     study.families = ("mlp",)
     study.trained_families = ("mlp",)
-    study.mlp = _family((1, 2, 4), 8, 1)
+    study.mlp.update(widths=(1, 2, 4), base_channels=8, depth=1)
     study.init_seeds = 2
     study.num_examples = 8
     study.kernel_examples = 4
@@ -95,5 +69,4 @@ def get_config(arg=None):
     c.train.epochs = 1
     c.eval.every_epochs = 1
     c.eval.num_steps = 1
-  c.ntk_width = study
   return c

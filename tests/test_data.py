@@ -35,6 +35,20 @@ importlib.machinery.PathFinder.find_spec = staticmethod(
     None if name.split(".")[0] == "tensorflow" else _find_spec(name, path, target))
 """
 
+# Python prelude for a subprocess: `accepting(name, files)` makes TFDS's builder `name` expect
+# the sizes and SHA-256 of `files` (file name TFDS registers: path) instead of the official
+# ones, so that files generated in the official format prepare.
+ACCEPTING_GENERATED_FILES = """
+from unittest import mock
+import tensorflow_datasets as tfds
+
+def accepting(name, files):
+  builder = tfds.builder_cls(name)
+  url_infos = {url: tfds.download.checksums.compute_url_info(files[info.filename])
+               for url, info in builder.url_infos.items() if info.filename in files}
+  return mock.patch.object(builder, "url_infos", url_infos)
+"""
+
 
 # --- CIFAR --------------------------------------------------------------------------------------
 
@@ -83,10 +97,13 @@ def _prepare(name: str, tmp_path) -> tuple[str, dict]:
   archive = tmp_path / f"{name}-generated.tar.gz"
   written = _write_archive(archive, name, np.random.default_rng(len(name)))
   data_dir = str(tmp_path / "tfds")
-  result = subprocess.run(
-      [sys.executable, "-m", "launch.prepare_data", name, "--archive", str(archive),
-       "--data_dir", data_dir, "--skip_checksum"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  script = ACCEPTING_GENERATED_FILES + f"""
+from launch import prepare_data
+with accepting({name!r}, {{{cifar.ARCHIVES[name]!r}: {str(archive)!r}}}):
+  prepare_data.main([{name!r}, "--archive", {str(archive)!r}, "--data_dir", {data_dir!r}])
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   counts = f"{len(written['train'][1])} train, {len(written['test'][1])} test examples"
   assert counts in result.stdout, result.stdout
@@ -236,13 +253,12 @@ def test_fashion_mnist_prepared_by_tfds_loads_in_the_official_order(tmp_path):
   files = {name: str(idx_dir / name) for names in fashion_mnist.FILES.values() for name in names}
   # TFDS's own fashion_mnist builder, told to expect 40 and 20 examples instead of the official
   # 60,000 and 10,000, writes the array_record directory that download_and_prepare writes.
-  script = f"""
-from unittest import mock
+  script = ACCEPTING_GENERATED_FILES + f"""
 from tensorflow_datasets.image_classification import mnist
 from robustwidth.data import tfds_files
-with mock.patch.multiple(mnist, _TRAIN_EXAMPLES=40, _TEST_EXAMPLES=20):
-  tfds_files.prepare_offline("fashion_mnist", {files!r}, data_dir={tfds_dir!r},
-                             verify_checksum=False)
+with mock.patch.multiple(mnist, _TRAIN_EXAMPLES=40, _TEST_EXAMPLES=20), accepting(
+    "fashion_mnist", {files!r}):
+  tfds_files.prepare_offline("fashion_mnist", {files!r}, data_dir={tfds_dir!r})
 """
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=300)

@@ -276,6 +276,16 @@ def test_print_commands_validates_for_the_device_count_given(tmp_path):
   assert len(runs) == 15
 
 
+def test_launch_sweep_plans_a_study_and_leaves_running_it_to_launch_main(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.sweep", "--config", "configs/default.py", "--workdir",
+       str(tmp_path)], cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "Give one of --print_commands or --dry_run; run the " \
+      "study itself with python -m launch.main" in result.stderr
+  assert os.listdir(tmp_path) == []  # Nothing ran.
+
+
 # --- The Fashion-MNIST study end to end, and the statistics of its report ------------------
 
 def test_slope_and_difference_tests_match_their_closed_forms():

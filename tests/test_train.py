@@ -398,15 +398,26 @@ def test_width_study_preset_takes_the_dataset():
   config_lib.validate(width_study.get_config())
 
 
-def test_unknown_keys_are_named():
-  config = smoke.get_config()
-  config.train.betaa = 9
-  with pytest.raises(config_lib.ConfigError, match="config.train.betaa is not a known "
-                     "configuration key; did you mean config.train.beta"):
-    config_lib.validate(config)
-  result = subprocess.run(_command("/tmp/unused", ("train.betaa=9",)), cwd=REPO, env=_env(1),
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0 and "betaa" in result.stderr
+def test_unknown_keys_are_named(tmp_path):
+  suggestion = "'betaa' is not a configuration key. Did you mean \"beta\" instead of \"betaa\"?"
+  with pytest.raises(AttributeError, match="betaa"):  # base() is locked: no key can be added.
+    smoke.get_config().train.betaa = 9
+  unlocked = ml_collections.ConfigDict(smoke.get_config().to_dict())  # e.g. read from JSON
+  unlocked.train.betaa = 9
+  with pytest.raises(config_lib.ConfigError, match=re.escape(suggestion)):
+    config_lib.validate(unlocked)
+  config_file = tmp_path / "typo.py"
+  config_file.write_text("from configs import smoke\n\ndef get_config():\n"
+                         "  c = smoke.get_config()\n  c.train.betaa = 9\n  return c\n")
+  for command in (_command(tmp_path / "run", ("train.betaa=9",)),
+                  [sys.executable, "-m", "launch.main", f"--config={config_file}",
+                   f"--workdir={tmp_path / 'run'}"]):
+    result = subprocess.run(command, cwd=REPO, env={**_env(1), "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ConfigError: {suggestion} (Every key and its default: robustwidth/config.py "
+        "base().) (set ROBUSTWIDTH_DEBUG=1 for the traceback)")
 
 
 @pytest.mark.parametrize("method", cifar10_methods.METHODS)

@@ -31,10 +31,6 @@ from robustwidth import validation
 from robustwidth.attacks import components, geometry, objectives
 
 LOSSES = ("ce", "dlr")
-# Loop form (measured): AutoAttack's 100-step loops are rolled on every backend. On XLA:CPU
-# (WRN-10-4, 8×8 inputs, batch 256) APGD's rolled loop compiled in 5 s and ran 100 steps in
-# 8.9 s, unroll=4 in 6 s and 8.9 s; fully unrolled, 20 steps took 17.5 s to compile (5.7 s
-# rolled) for the same 2.0 s run, and 100 steps of a small MLP about 2 minutes.
 MOMENTUM = 0.75
 RHO = 0.75
 L1_EPS_SCHEDULE = ((3.0, 0.3), (2.0, 0.3), (1.0, 0.4))   # (radius / ε, share of iterations)
@@ -156,7 +152,7 @@ def apgd_run(logits_fn, x, y, start, loss_fn, eps, *, norm: str, num_steps: int,
         halved_at_check=jnp.where(at_check, halve, c["halved_at_check"]),
         loss_best_at_check=jnp.where(at_check, c["loss_best"], c["loss_best_at_check"]))
 
-  c = jax.lax.fori_loop(0, num_steps, body, carry)  # rolled: see "Loop form" above
+  c = jax.lax.fori_loop(0, num_steps, body, carry)  # rolled (docs/benchmarks.md)
   return c["x_fooled"], c["fooled"]
 
 

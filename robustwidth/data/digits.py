@@ -5,13 +5,14 @@ Pixels 0..16 are scaled to [0, 1]. The split is fixed: a stratified 80/20 train/
 drawn once with seed 0 (1,437 train, 360 test).
 """
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from robustwidth.data.dataset import Split
 
 
 def load(split: str) -> Split:
+  # Imported here: scikit-learn sets OpenMP variables (KMP_*) in os.environ when imported.
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
   digits = load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]
   labels = digits.target.astype(np.int32)

@@ -8,6 +8,7 @@ passes (APGD-CE's 100 on every point; APGD-T's 900, FAB-T's 900 at about two pas
 Square's 5,000 forward passes at about a third of one, on the half assumed still robust).
 """
 import copy
+import dataclasses
 import time
 
 import jax
@@ -16,7 +17,6 @@ from flax import nnx
 
 from robustwidth import config as config_lib
 from robustwidth import data, models, optim, steps
-from robustwidth.attacks.loop import forced_unroll
 from robustwidth.train import build_model, eval_attack, train_settings
 
 AUTOATTACK_PASSES = 100 + 0.5 * (900 + 2 * 900 + 5000 / 3)
@@ -39,11 +39,13 @@ def _lowered_steps(config):
                         "label": jax.ShapeDtypeStruct((size,), jnp.int32)}
   eval_batch = {**batch(config.eval.batch_size),
                 "mask": jax.ShapeDtypeStruct((config.eval.batch_size,), jnp.bool_)}
-  with forced_unroll(True):
-    train_step = jax.jit(steps.make_train_step(graphdef, optimizer, settings)).lower(
-        state, batch(config.train.batch_size))
-    eval_step = jax.jit(steps.make_eval_step(graphdef, eval_attack(config))).lower(
-        state.params, state.model_state, eval_batch, jax.random.PRNGKey(0))
+  unrolled = lambda attack: dataclasses.replace(attack, unroll=True)  # each step counted
+  if settings.attack is not None:
+    settings = dataclasses.replace(settings, attack=unrolled(settings.attack))
+  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, settings)).lower(
+      state, batch(config.train.batch_size))
+  eval_step = jax.jit(steps.make_eval_step(graphdef, unrolled(eval_attack(config)))).lower(
+      state.params, state.model_state, eval_batch, jax.random.PRNGKey(0))
   return train_step, eval_step, models.count_params(params), (
       state, batch(config.train.batch_size))
 
