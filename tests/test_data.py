@@ -1,15 +1,12 @@
 """Data: CIFAR archives through prepare_data and the TFDS reader, the host-sharded iterators, and
 the crop/flip augmentation."""
 import glob
-import importlib.util
-import io
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import tarfile
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +19,7 @@ from robustwidth.data import augment, cifar, fashion_mnist
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_tensorflow = pytest.mark.skipif(
-    importlib.util.find_spec("tensorflow") is None,
-    reason="preparing CIFAR needs TensorFlow: pip install -e '.[prepare]'")
+needs_tensorflow = helpers.needs_tensorflow
 
 # Python prelude that makes TensorFlow look uninstalled, for code run in a subprocess.
 WITHOUT_TENSORFLOW = """
@@ -35,85 +30,15 @@ importlib.machinery.PathFinder.find_spec = staticmethod(
     None if name.split(".")[0] == "tensorflow" else _find_spec(name, path, target))
 """
 
-# Python prelude for a subprocess: `accepting(name, files)` makes TFDS's builder `name` expect
-# the sizes and SHA-256 of `files` (file name TFDS registers: path) instead of the official
-# ones, so that files generated in the official format prepare.
-ACCEPTING_GENERATED_FILES = """
-from unittest import mock
-import tensorflow_datasets as tfds
-
-def accepting(name, files):
-  builder = tfds.builder_cls(name)
-  url_infos = {url: tfds.download.checksums.compute_url_info(files[info.filename])
-               for url, info in builder.url_infos.items() if info.filename in files}
-  return mock.patch.object(builder, "url_infos", url_infos)
-"""
+ACCEPTING_GENERATED_FILES = helpers.ACCEPTING_GENERATED_FILES
 
 
 # --- CIFAR --------------------------------------------------------------------------------------
 
-def _cifar_record(labels: list[int], image: np.ndarray) -> bytes:
-  """One record of the binary format: label byte(s), then the red, green and blue planes of the
-  32x32 image, each row-major (https://www.cs.toronto.edu/~kriz/cifar.html)."""
-  planes = [image[:, :, channel].reshape(-1) for channel in range(3)]
-  return bytes(labels) + np.concatenate(planes).tobytes()
-
-
-def _write_archive(path, name: str, rng: np.random.Generator) -> dict:
-  """Writes a small archive laid out like the official one; returns {split: (images, labels)}."""
-  if name == "cifar10":
-    folder = "cifar-10-batches-bin"
-    files = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
-    names = {"batches.meta.txt": 10}
-  else:
-    folder = "cifar-100-binary"
-    files = {"train": ["train.bin"], "test": ["test.bin"]}
-    names = {"coarse_label_names.txt": 20, "fine_label_names.txt": 100}
-  written = {}
-  with tarfile.open(path, "w:gz") as tar:
-    def add(member, content: bytes):
-      info = tarfile.TarInfo(f"{folder}/{member}")
-      info.size = len(content)
-      tar.addfile(info, io.BytesIO(content))
-
-    for member, count in names.items():  # one name a line, then blank lines, as in the original
-      add(member, "".join(f"class_{i}\n" for i in range(count)).encode() + b"\n\n")
-    for split, members in files.items():
-      images, labels = [], []
-      for member in members:
-        count = 7 if name == "cifar10" else 24
-        image = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-        fine = rng.integers(0, 100 if name == "cifar100" else 10, count)
-        coarse = rng.integers(0, 20, count)
-        label_bytes = [[f] if name == "cifar10" else [c, f] for c, f in zip(coarse, fine)]
-        add(member, b"".join(_cifar_record(b, im) for b, im in zip(label_bytes, image)))
-        images.append(image)
-        labels.append(fine)
-      written[split] = (np.concatenate(images), np.concatenate(labels))
-  return written
-
-
-def _prepare(name: str, tmp_path) -> tuple[str, dict]:
-  archive = tmp_path / f"{name}-generated.tar.gz"
-  written = _write_archive(archive, name, np.random.default_rng(len(name)))
-  data_dir = str(tmp_path / "tfds")
-  script = ACCEPTING_GENERATED_FILES + f"""
-from launch import prepare_data
-with accepting({name!r}, {{{cifar.ARCHIVES[name]!r}: {str(archive)!r}}}):
-  prepare_data.main([{name!r}, "--archive", {str(archive)!r}, "--data_dir", {data_dir!r}])
-"""
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  counts = f"{len(written['train'][1])} train, {len(written['test'][1])} test examples"
-  assert counts in result.stdout, result.stdout
-  return data_dir, written
-
-
 @needs_tensorflow
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_prepared_archive_loads_exactly(name, tmp_path):
-  data_dir, written = _prepare(name, tmp_path)
+  data_dir, written = helpers.prepare_cifar(name, tmp_path)
   for split in ("train", "test"):
     loaded = data.load(name, split, data_dir=data_dir)
     images, labels = written[split]
@@ -163,7 +88,7 @@ print(split.images.sum(dtype="int64"), split.labels.sum())
 @needs_tensorflow
 def test_prepare_rejects_an_archive_that_is_not_the_official_one(tmp_path):
   archive = tmp_path / "cifar-10-binary.tar.gz"
-  _write_archive(archive, "cifar10", np.random.default_rng(0))
+  helpers.write_cifar_archive(archive, "cifar10", np.random.default_rng(0))
   with pytest.raises(ValueError, match="not the official cifar-10-binary.tar.gz"):
     cifar.prepare("cifar10", str(archive), data_dir=str(tmp_path / "tfds"))
 
