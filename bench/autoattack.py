@@ -32,7 +32,7 @@ from flax import nnx
 from jax.tree_util import Partial
 
 from bench import harness
-from robustwidth import attacks, data, interop, models, train
+from robustwidth import attacks, data, evaluation, experiment, interop, models
 
 BENCH = "autoattack"
 REFERENCE_URL = "git+https://github.com/fra31/auto-attack"
@@ -81,7 +81,7 @@ def _eval_apply(graphdef, params, model_state, x):
 def problem(args):
   """(graphdef, params, model_state, config, x, y): the model and the examples to attack."""
   if args.workdir:
-    graphdef, params, model_state, config = train.restore_model(args.workdir, "best")
+    graphdef, params, model_state, config = evaluation.restore_model(args.workdir, "best")
     # The checkpoint comes back replicated over the trainer's mesh.
     params, model_state = jax.device_get((params, model_state))
     split = data.load("digits", "test")
@@ -89,7 +89,7 @@ def problem(args):
     return graphdef, params, model_state, config, x.astype(np.float32), y.astype(np.int32)
   config = harness.config_for(args)
   shape = (args.image_size, args.image_size, args.channels)
-  graphdef, params, model_state = models.split(train.build_model(config, shape, 10))
+  graphdef, params, model_state = models.split(experiment.create_model(config, shape, 10))
   x = np.random.default_rng(0).random((args.n_examples, *shape), dtype=np.float32)
   # Labelled with the model's own predictions: every example is clean-correct and attacked.
   y = np.asarray(models.logits_fn(graphdef, params, model_state)(x).argmax(-1), np.int32)

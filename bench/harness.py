@@ -274,8 +274,8 @@ def models(args, config, device):
   """(graphdef, params, model_state) and `robustwidth.interop`'s PyTorch WideResNet holding
   the same weights, on `device` in channels-last layout (faster than NCHW for oneDNN on CPU)."""
   import torch
-  from robustwidth import interop, models as rw_models, train
-  model = train.build_model(config, (args.image_size, args.image_size, args.channels), 10)
+  from robustwidth import experiment, interop, models as rw_models
+  model = experiment.create_model(config, (args.image_size, args.image_size, args.channels), 10)
   torch_model = interop.torch_model("wide_resnet", 10, depth=args.depth, width=args.width,
                                     in_channels=args.channels,
                                     base_channels=args.base_channels)

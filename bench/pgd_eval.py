@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench import harness, torch_reference
-from robustwidth import parallel, steps, train
+from robustwidth import experiment, parallel, steps
 
 BENCH = "pgd_eval"
 
@@ -38,7 +38,7 @@ def compile_step(args, config, graphdef, params, model_state):
 
   def lower(unroll):
     # A fresh function per loop form: JAX caches traces per function.
-    jitted = jax.jit(steps.make_eval_step(graphdef, train.eval_attack(config)),
+    jitted = jax.jit(steps.make_eval_step(graphdef, experiment.eval_attack(config)),
                      in_shardings=(replicated, replicated, sharded, replicated),
                      out_shardings=replicated)
     with harness.loop_context(unroll), harness.conv_derivative(args.conv_derivative):

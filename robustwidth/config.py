@@ -319,11 +319,6 @@ def eval_padded_batch(config: ml_collections.ConfigDict, device_count: int) -> i
   return -(-config.eval.batch_size // device_count) * device_count
 
 
-def extra_per_batch(config: ml_collections.ConfigDict) -> int:
-  """Rows of every training batch drawn from the extra data."""
-  return round(config.data.extra_fraction * config.train.batch_size)
-
-
 def beta(config: ml_collections.ConfigDict) -> float:
   """λ (TRADES β): config.train.beta, or the method's reference value when it is unset."""
   if config.train.beta is None:

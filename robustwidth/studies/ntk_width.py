@@ -26,7 +26,7 @@ import matplotlib
 import ml_collections
 import numpy as np
 
-from robustwidth import data, ntk, train
+from robustwidth import data, evaluation, ntk, train
 from robustwidth.models import PARAMETERIZATIONS, create_model, functional
 
 matplotlib.use("Agg")
@@ -174,7 +174,7 @@ def _trained_records(config, split, workdir, log) -> list[dict]:
         run_dir = os.path.join(workdir, "trained", f"{family}_{parameterization}_w{width}")
         record = train.train_and_evaluate(
             _train_config(config, family, width, parameterization), run_dir)
-        graphdef, params, model_state, _ = train.restore_model(run_dir, "best")
+        graphdef, params, model_state, _ = evaluation.restore_model(run_dir, "best")
         params, model_state = jax.device_get((params, model_state))
         measure = jax.jit(_measure_fn(graphdef, config, True), compiler_options=_FAST_COMPILE)
         values = jax.device_get(measure(
