@@ -2,6 +2,7 @@
 record and its numbers."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import pytest
 
 from configs import smoke
 from launch import evaluate
-from robustwidth import metrics, train
+from robustwidth import data, evaluation, metrics, train
+from tests import helpers
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,40 @@ def test_paths_are_checked_before_any_attack_runs(run_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="--workdir .*typo is not a directory"):
     evaluate.check_paths(str(tmp_path / "evaluation.json"), workdir=str(tmp_path / "typo"))
   with pytest.raises(FileNotFoundError, match="no run directory"):
-    train.restore_model(str(tmp_path / "typo"))
+    evaluation.restore_model(str(tmp_path / "typo"))
   assert not (tmp_path / "typo").exists()
+
+
+def test_a_run_is_restored_for_evaluation_without_its_training_data_or_reference_run(
+    tmp_path, monkeypatch):
+  # Restoring loaded both splits (and any extra data) and read the adaptive rule's r0 from the
+  # reference run's record, which had to still exist.
+  helpers.write_fashion_idx(tmp_path, counts=(64, 16))
+  config = smoke.get_config("epochs=1")
+  config.data.name, config.data.data_dir = "fashion_mnist", str(tmp_path)
+  config.model.family, config.model.depth, config.model.base_channels = "mlp", 1, 4
+  config.train.batch_size, config.train.attack_steps = 32, 1
+  config.eval.batch_size, config.eval.num_steps = 16, 1
+  train.train_and_evaluate(config, str(tmp_path / "reference"))
+  config.model.width, config.war.rule = 2, "adaptive"
+  config.war.reference_run = str(tmp_path / "reference")
+  record = train.train_and_evaluate(config, str(tmp_path / "wide"))
+  assert record["beta_rule"].startswith("adaptive")
+  shutil.rmtree(tmp_path / "reference")
+  for name in os.listdir(tmp_path):
+    if name.startswith("train-"):
+      os.remove(tmp_path / name)
+  loaded = []
+  load = data.load
+  monkeypatch.setattr(data, "load", lambda name, split, **kw: (
+      loaded.append(split), load(name, split, **kw))[1])
+  evaluation.restore_model(str(tmp_path / "wide"))
+  assert loaded == []
+  # The restored weights are the ones the trainer evaluated: same clean accuracy on the same
+  # 16 test points.
+  result = evaluate.evaluate(str(tmp_path / "wide"), evaluations=["pgd-1"], batch_size=16)
+  assert loaded == ["test"] and result["n_examples"] == 16
+  assert result["clean_acc"] == round(100 * record["natural_accuracy"], 2)
 
 
 torch = pytest.importorskip("torch")
