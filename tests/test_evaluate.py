@@ -6,11 +6,14 @@ import shutil
 import subprocess
 import sys
 
+import chex
+import jax
 import pytest
 
 from configs import smoke
 from launch import evaluate
 from robustwidth import data, evaluation, metrics, train
+from robustwidth.checkpoint import Checkpoints
 from tests import helpers
 
 
@@ -89,6 +92,21 @@ def test_a_run_is_restored_for_evaluation_without_its_training_data_or_reference
   result = evaluate.evaluate(str(tmp_path / "wide"), evaluations=["pgd-1"], batch_size=16)
   assert loaded == ["test"] and result["n_examples"] == 16
   assert result["clean_acc"] == round(100 * record["natural_accuracy"], 2)
+
+
+def test_a_checkpoint_written_before_run_specs_is_restored_from_the_published_shapes(
+    run_dir, tmp_path):
+  _, state, _ = evaluation.restore_train_state(str(run_dir))
+  written = Checkpoints(str(run_dir / "checkpoints"))
+  step = written.best_step()
+  meta = written.meta(step)
+  written.close()
+  del meta["spec"]
+  older = Checkpoints(str(tmp_path / "checkpoints"))
+  older.save(step, state, meta, meta["eval"])
+  older.close()
+  chex.assert_trees_all_equal(jax.device_get(evaluation.restore_model(str(tmp_path))[1]),
+                              jax.device_get(evaluation.restore_model(str(run_dir))[1]))
 
 
 torch = pytest.importorskip("torch")
