@@ -1,9 +1,10 @@
 """train_and_evaluate(config, workdir): one adversarial-training run, resumable.
 
-The stateful shell around the pure steps: it loads data, builds the model, jits the steps over
-a data-parallel mesh (state replicated and donated, batch sharded), evaluates on the whole test
-split every `eval.every_epochs`, keeps the latest and the best (PGD robust accuracy)
-checkpoints, logs to JSONL and TensorBoard, and writes `record.json`, the run's result.
+The stateful shell around the pure steps: it loads data, builds the run's objects
+(`experiment`), jits the steps over a data-parallel mesh (state replicated and donated, batch
+sharded), evaluates on the whole test split every `eval.every_epochs` (`evaluation`), keeps the
+latest and the best (PGD robust accuracy) checkpoints, each with the config and the run's
+`experiment.RunSpec`, logs to JSONL and TensorBoard, and writes `record.json`, the run's result.
 
 Started again on the same workdir it resumes from the latest checkpoint, at the exact step,
 data order and random keys, with the epoch's metric sums so far and metrics.jsonl cut back to
