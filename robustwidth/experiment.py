@@ -30,9 +30,9 @@ class RunSpec:
   """What a run's objects take beyond its config."""
   image_shape: tuple[int, int, int]
   num_classes: int
-  steps_per_epoch: int                 # optimizer steps per epoch (the schedule, AWP's start)
-  reference_ratio: float | None = None  # adaptive λ rule's r0 read from the reference run
-                                        # (None: config.war.reference_ratio)
+  steps_per_epoch: int                  # optimizer steps per epoch (schedule, AWP's start)
+  reference_ratio: float | None = None  # the adaptive λ rule's r0 read from the reference
+                                        # run (None: config.war.reference_ratio)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
