@@ -60,15 +60,15 @@ def pgd_evaluation(eval_step, state, test_split: data.Split, config: ml_collecti
   return {**metrics.fractions(totals), "lipschitz_probe": lipschitz}
 
 
-def autoattack(graphdef, state, test_split: data.Split, config: ml_collections.ConfigDict,
-               key: jax.Array) -> dict:
-  """AutoAttack (standard) on `state` over the first eval.autoattack_examples test points, as
-  fractions like the PGD evaluation's."""
+def autoattack(graphdef, params, model_state, test_split: data.Split,
+               config: ml_collections.ConfigDict, key: jax.Array) -> dict:
+  """AutoAttack (standard) over the first eval.autoattack_examples test points, as fractions
+  like the PGD evaluation's."""
   count = config.eval.autoattack_examples
   if count > len(test_split):
     raise ValueError(f"config.eval.autoattack_examples = {count} exceeds the "
                      f"{len(test_split)} test examples; lower it.")
-  params, model_state = jax.device_get((state.params, state.model_state))
+  params, model_state = jax.device_get((params, model_state))
   start = time.time()
   _, report = attacks.autoattack(
       models.partial_logits_fn(graphdef, params, model_state),
