@@ -1,12 +1,14 @@
-# Both targets build and reuse a local virtual environment in .venv; nothing else is needed.
+# Both targets build and reuse a local virtual environment in .venv; demo also needs Fashion-MNIST.
 # The interpreter: Python >= 3.12 found by tools/find_python.sh (PYTHON=... overrides).
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 
 .PHONY: demo test
-# The main job: the width study on the embedded digits data; prints where its report is.
+# The main job: a width study on Fashion-MNIST (installed first where missing, if it can be:
+# launch/prepare_data.py); prints where its report is.
 demo: $(VENV)/.run-deps
+	$(PY) -m launch.prepare_data fashion_mnist
 	$(PY) -m launch.main --config configs/default.py --workdir $(WORKDIR)
 
 # The test suite (CI runs exactly this through .ci/run).

@@ -8,6 +8,7 @@ default JAX backend's, and PyTorch runs on CUDA exactly when JAX does.
 """
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -169,9 +170,9 @@ def model_arguments(parser, batch: int = 128) -> None:
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="compute dtype; parameters and BatchNorm statistics stay float32")
-  parser.add_argument("--loop", type=loop_form, default="auto",
-                      help="attack loop form: auto (the library's choice for this backend), "
-                           "rolled, unrolled, or an int n (n iterations per loop trip)")
+  parser.add_argument("--loop", type=loop_form, default="rolled",
+                      help="PGD attack loop form: rolled (the library's), unrolled, or an int n "
+                           "(n iterations per loop trip)")
   parser.add_argument("--conv-derivative", choices=CONV_DERIVATIVES, default="library",
                       help="the convolution's derivative: library (robustwidth's own), xla "
                            "(JAX's rules), or the library's with one of its CPU forms undone: "
@@ -242,20 +243,18 @@ def conv_derivative(name: str):
 
 
 def loop_form(name: str):
-  """`--loop` as a `fori_loop` unroll value (None: the library's choice for this backend)."""
+  """`--loop` as the attack loop's `fori_loop` unroll value."""
   if name.isdigit():
     return int(name)
-  forms = {"auto": None, "rolled": False, "unrolled": True}
+  forms = {"rolled": False, "unrolled": True}
   if name not in forms:
-    raise argparse.ArgumentTypeError(f"--loop must be auto, rolled, unrolled or an int, "
-                                     f"not {name!r}")
+    raise argparse.ArgumentTypeError(f"--loop must be rolled, unrolled or an int, not {name!r}")
   return forms[name]
 
 
-def loop_context(unroll):
-  """Traces attack loops with `unroll` (None: the library's choice)."""
-  from robustwidth.attacks import loop
-  return contextlib.nullcontext() if unroll is None else loop.forced_unroll(unroll)
+def with_unroll(attack, unroll):
+  """`attack` (steps.AttackSettings; None for standard training) with its loop's `unroll`."""
+  return None if attack is None else dataclasses.replace(attack, unroll=unroll)
 
 
 def config_for(args):
@@ -357,10 +356,7 @@ def emit_ratio(common: dict, times: dict, ours: str, theirs: str) -> None:
 
 
 def describe_loop(unroll) -> str:
-  from robustwidth.attacks import loop
-  with loop_context(unroll):
-    form = loop.unroll_attack_loops()
-  return "rolled" if form is False else "unrolled" if form is True else f"unroll={form}"
+  return "rolled" if unroll is False else "unrolled" if unroll is True else f"unroll={unroll}"
 
 
 def data(args, device):

@@ -37,11 +37,11 @@ def compile_step(args, config, graphdef, params, model_state):
                 "mask": jax.ShapeDtypeStruct((args.batch,), jnp.bool_, sharding=sharded)}
 
   def lower(unroll):
-    # A fresh function per loop form: JAX caches traces per function.
-    jitted = jax.jit(steps.make_eval_step(graphdef, experiment.eval_attack(config)),
+    attack = harness.with_unroll(experiment.eval_attack(config), unroll)
+    jitted = jax.jit(steps.make_eval_step(graphdef, attack),
                      in_shardings=(replicated, replicated, sharded, replicated),
                      out_shardings=replicated)
-    with harness.loop_context(unroll), harness.conv_derivative(args.conv_derivative):
+    with harness.conv_derivative(args.conv_derivative):
       return jitted.lower(params, model_state, batch_spec, jax.random.PRNGKey(0))
 
   start, cpu = time.perf_counter(), time.process_time()

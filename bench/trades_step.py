@@ -9,6 +9,7 @@ on the 'data' mesh, compiled ahead of time); the baseline is `bench.torch_refere
 same weights. Prints JSON lines: one per implementation and one comparing them.
 """
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -33,12 +34,11 @@ def compile_step(args, config, graphdef, params, model_state):
   batch_spec = experiment.batch_spec(args.batch, spec.image_shape, sharded)
 
   def lower(unroll):
-    # A fresh step function per loop form: JAX caches traces per function, and the loop form
-    # is read at trace time.
-    jitted = jax.jit(steps.make_train_step(graphdef, optimizer, settings),
-                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                     donate_argnums=0)
-    with harness.loop_context(unroll), harness.conv_derivative(args.conv_derivative):
+    step = steps.make_train_step(graphdef, optimizer, dataclasses.replace(
+        settings, attack=harness.with_unroll(settings.attack, unroll)))
+    jitted = jax.jit(step, in_shardings=(replicated, sharded),
+                     out_shardings=(replicated, replicated), donate_argnums=0)
+    with harness.conv_derivative(args.conv_derivative):
       return jitted.lower(state, batch_spec)
 
   start, cpu = time.perf_counter(), time.process_time()

@@ -2,13 +2,13 @@ r"""The width study on Fashion-MNIST: TRADES at ℓ∞ ε = 0.1 across widths, a
 width, and the static and adaptive WAR rows from the thinnest net, for one model family per
 study directory (run names hold width, β, seed and rule, not the family):
 
-  python -m launch.sweep --config configs/fashion_width_study.py:family=mlp \
+  python -m launch.main --config configs/fashion_width_study.py:family=mlp \
       --workdir docs/results/fashion_mnist/mlp
-  python -m launch.sweep --config configs/fashion_width_study.py:family=cnn \
+  python -m launch.main --config configs/fashion_width_study.py:family=cnn \
       --workdir docs/results/fashion_mnist/cnn
 
 Finished runs are reused, so either command can be stopped and started again, or split over
-machines with --print_commands. Estimate first with --dry_run.
+machines with launch.sweep --print_commands. Estimate first with launch.sweep --dry_run.
 
 Families (`family=`):
   mlp  one hidden ReLU layer (the two-layer net of the NTK results) of 64·k units,

@@ -1,18 +1,18 @@
-r"""Expands a study's grid (width × β × seed, plus WAR rows) into runs, and runs them one after
-another, prints one command per run for a cluster, or estimates their cost.
+r"""Plans a width study without running it: expands its grid (width × β × seed, plus WAR rows)
+into runs and prints one command per run for a cluster, or estimates their cost.
 
-  python -m launch.sweep --config configs/default.py --workdir runs/study
   python -m launch.sweep --config configs/width_study.py --workdir runs/c10 \
       --print_commands          # one `launch.main` command per run, reference runs first
   python -m launch.sweep --config configs/width_study.py --workdir runs/c10 \
       --dry_run                 # FLOPs per run and the expected time on this machine
 
-The study report (report.md) is written after the runs; for runs launched elsewhere, write it
-with `python -m launch.report --workdir runs/study`.
+`launch.main` runs a study (its runs one after another, then report.md), as it runs every
+job. For runs launched elsewhere, write the report with
+`python -m launch.report --workdir runs/c10`.
 """
 import shlex
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from launch import cli
@@ -46,12 +46,12 @@ def run_commands(config_argument: str, overrides: dict, runs) -> list[str]:
 
 def main(argv):
   cli.start(argv)
+  if _PRINT.value == _DRY_RUN.value:
+    raise app.UsageError("Give one of --print_commands or --dry_run; run the study itself "
+                         "with python -m launch.main --config ... --workdir ....")
   import jax
-  from robustwidth.studies import sweep, width
+  from robustwidth.studies import sweep
   config = _CONFIG.value
-  if not _PRINT.value and not _DRY_RUN.value:
-    width.run(config, _WORKDIR.value)
-    return
   device_count = _DEVICE_COUNT.value or jax.device_count()
   runs = sweep.validated_runs(config, _WORKDIR.value, device_count)
   print(f"# {len(runs)} runs, validated for {device_count} devices (--device_count).")

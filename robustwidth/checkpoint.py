@@ -19,13 +19,18 @@ _policy = ocp.checkpoint_managers.preservation_policy
 
 
 class _NoMetricsNotice(logging.Filter):
-  """Orbax warns on every save without metrics; epochs without an evaluation are expected."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return "did not provide metrics" not in record.getMessage()
 
 
-logging.getLogger("absl").addFilter(_NoMetricsNotice())
+def hide_no_metrics_notice() -> None:
+  """Drops orbax's warning on every save without metrics (epochs without an evaluation are
+  expected) from absl's log. The launchers call it; importing this module changes no logging
+  setting."""
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _NoMetricsNotice) for f in absl_logger.filters):
+    absl_logger.addFilter(_NoMetricsNotice())
 
 
 _MOVE_ASIDE = ("Move that step's directory out of the checkpoints directory and run again: "

@@ -29,7 +29,6 @@ import numpy as np
 
 from robustwidth import attacks, validation
 from robustwidth.attacks import geometry, objectives
-from robustwidth.attacks.loop import attack_loop
 
 GRADIENT_LOSSES = ("ce", "kl", "margin")
 GRADIENT_ORDS = (1, 2, np.inf)
@@ -136,7 +135,7 @@ def lipschitz_gradient_ascent(logits_fn, x: jax.Array, y: jax.Array | None = Non
 
   # Projected, unlike an attack's start: every point g is measured at lies in the ball.
   start = geometry.project(geometry.random_start(key, x, eps, norm, init), x, eps, norm)
-  z, best = attack_loop(num_steps, step, (start, dual_gradient_norm(x)[1]))
+  z, best = jax.lax.fori_loop(0, num_steps, step, (start, dual_gradient_norm(x)[1]))
   return jax.lax.stop_gradient(jnp.maximum(best, dual_gradient_norm(z)[1]))
 
 

@@ -95,6 +95,7 @@ class AttackSettings:
   loss: str = "ce"
   init: str = "uniform"
   restarts: int = 1
+  unroll: bool | int = False      # the step loop's; True for FLOP counts (see `attacks.pgd`)
 
   def kwargs(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -1,12 +1,24 @@
 """Small models and data shared by the tests."""
 import gzip
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import tarfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from robustwidth import interop, models
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_tensorflow = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None,
+    reason="preparing CIFAR needs TensorFlow: pip install -e '.[prepare]'")
 
 
 def linear_logits_fn(weights: np.ndarray, bias: np.ndarray):
@@ -79,6 +91,63 @@ def write_fashion_idx(directory, counts=(24, 12), seed=0, learnable=False) -> di
     write_gz(directory / label_file, idx_bytes(labels, 0x801))
     written[split] = (images, labels)
   return written
+
+
+def cifar_record(labels: list[int], image: np.ndarray) -> bytes:
+  """One record of the binary format: label byte(s), then the red, green and blue planes of the
+  32x32 image, each row-major (https://www.cs.toronto.edu/~kriz/cifar.html)."""
+  planes = [image[:, :, channel].reshape(-1) for channel in range(3)]
+  return bytes(labels) + np.concatenate(planes).tobytes()
+
+
+def write_cifar_archive(path, name: str, rng: np.random.Generator) -> dict:
+  """Writes a small archive laid out like the official one; returns {split: (images, labels)}."""
+  if name == "cifar10":
+    folder = "cifar-10-batches-bin"
+    files = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+    names = {"batches.meta.txt": 10}
+  else:
+    folder = "cifar-100-binary"
+    files = {"train": ["train.bin"], "test": ["test.bin"]}
+    names = {"coarse_label_names.txt": 20, "fine_label_names.txt": 100}
+  written = {}
+  with tarfile.open(path, "w:gz") as tar:
+    def add(member, content: bytes):
+      info = tarfile.TarInfo(f"{folder}/{member}")
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+
+    for member, count in names.items():  # one name a line, then blank lines, as in the original
+      add(member, "".join(f"class_{i}\n" for i in range(count)).encode() + b"\n\n")
+    for split, members in files.items():
+      images, labels = [], []
+      for member in members:
+        count = 7 if name == "cifar10" else 24
+        image = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+        fine = rng.integers(0, 100 if name == "cifar100" else 10, count)
+        coarse = rng.integers(0, 20, count)
+        label_bytes = [[f] if name == "cifar10" else [c, f] for c, f in zip(coarse, fine)]
+        add(member, b"".join(cifar_record(b, im) for b, im in zip(label_bytes, image)))
+        images.append(image)
+        labels.append(fine)
+      written[split] = (np.concatenate(images), np.concatenate(labels))
+  return written
+
+
+def prepare_cifar(name: str, tmp_path) -> tuple[str, dict]:
+  """A generated archive (`write_cifar_archive`) prepared by `launch.prepare_data` into
+  tmp_path/tfds, as users prepare the official one; returns (data_dir, written)."""
+  archive = tmp_path / f"{name}-generated.tar.gz"
+  written = write_cifar_archive(archive, name, np.random.default_rng(len(name)))
+  data_dir = str(tmp_path / "tfds")
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.prepare_data", name, "--archive", str(archive),
+       "--data_dir", data_dir, "--skip_checksum"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  counts = f"{len(written['train'][1])} train, {len(written['test'][1])} test examples"
+  assert counts in result.stdout, result.stdout
+  return data_dir, written
 
 
 def randomized(net):

@@ -35,6 +35,21 @@ def _interior_points(seed, batch, dim, eps):
   return jnp.asarray(rng.uniform(eps + 0.05, 1 - eps - 0.05, size=(batch, dim)), jnp.float32)
 
 
+def test_unroll_traces_each_step_and_leaves_the_attack_unchanged():
+  # XLA's cost analysis counts a rolled loop's body once, so FLOP counts pass unroll=True.
+  eps, dim = 0.1, 12
+  w, b = _two_class_linear(dim=dim)
+  x = _interior_points(3, 8, dim, eps)
+  y = jnp.zeros((8,), jnp.int32)
+  attack = lambda unroll: lambda x: attacks.pgd(
+      helpers.linear_logits_fn(w, b), x, y, key=KEY, eps=eps, step_size=0.02, num_steps=4,
+      norm="l2", unroll=unroll)
+  rolled, unrolled = (jax.jit(attack(u)).lower(x).as_text() for u in (False, True))
+  # One loop fewer, the step loop (the rest of the attack traces loops of its own).
+  assert rolled.count("stablehlo.while") == unrolled.count("stablehlo.while") + 1
+  np.testing.assert_allclose(attack(True)(x), attack(False)(x), atol=1e-6)
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("loss", ["ce", "cw"])
 def test_linear_model_reaches_the_exact_worst_case(norm, loss):

@@ -328,14 +328,23 @@ def test_rand_version_averages_gradients_of_a_randomized_model():
   def randomized(z, key):
     return multi(z + 0.002 * jax.random.normal(key, z.shape))
 
+  def fixed_draws(z):  # Example i alone at its own draw, fold_in(fold_in(key, 0), i).
+    return jnp.concatenate([randomized(z[i:i + 1], jax.random.fold_in(
+        jax.random.fold_in(KEY, 0), i)) for i in range(len(z))])
+
   x_adv, report = attacks.autoattack(randomized, x, y, key=KEY, eps=eps, version="rand",
                                      batch_size=64)
-  _check_report(lambda z: randomized(z, jax.random.fold_in(KEY, 0)), x, y, x_adv, report, eps,
-                "linf", attacks.RAND)
+  _check_report(fixed_draws, x, y, x_adv, report, eps, "linf", attacks.RAND)
   decided = _robust(multi, x_adv, y)
   # The noise moves the decision of points within 0.002·‖w‖ of the boundary only.
   assert np.sum(decided != exact) <= 1
   assert report["settings"]["apgd-ce"]["eot_draws"] == 20
+  # Every draw depends on its example only: chunks of 4 (padded, and regrouped after
+  # APGD-CE) find the same adversarial examples as one chunk of 10.
+  x_small, small = attacks.autoattack(randomized, x, y, key=KEY, eps=eps, version="rand",
+                                      batch_size=4)
+  np.testing.assert_array_equal(x_small, x_adv)
+  np.testing.assert_array_equal(small["robust"], report["robust"])
 
 
 def test_l1_cascade_meets_the_exact_worst_case_and_uses_the_references_settings():

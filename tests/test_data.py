@@ -1,15 +1,12 @@
 """Data: CIFAR archives through prepare_data and the TFDS reader, the host-sharded iterators, and
 the crop/flip augmentation."""
 import glob
-import importlib.util
-import io
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import tarfile
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +19,7 @@ from robustwidth.data import augment, cifar, fashion_mnist
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_tensorflow = pytest.mark.skipif(
-    importlib.util.find_spec("tensorflow") is None,
-    reason="preparing CIFAR needs TensorFlow: pip install -e '.[prepare]'")
+needs_tensorflow = helpers.needs_tensorflow
 
 # Python prelude that makes TensorFlow look uninstalled, for code run in a subprocess.
 WITHOUT_TENSORFLOW = """
@@ -35,68 +30,12 @@ importlib.machinery.PathFinder.find_spec = staticmethod(
     None if name.split(".")[0] == "tensorflow" else _find_spec(name, path, target))
 """
 
-
 # --- CIFAR --------------------------------------------------------------------------------------
-
-def _cifar_record(labels: list[int], image: np.ndarray) -> bytes:
-  """One record of the binary format: label byte(s), then the red, green and blue planes of the
-  32x32 image, each row-major (https://www.cs.toronto.edu/~kriz/cifar.html)."""
-  planes = [image[:, :, channel].reshape(-1) for channel in range(3)]
-  return bytes(labels) + np.concatenate(planes).tobytes()
-
-
-def _write_archive(path, name: str, rng: np.random.Generator) -> dict:
-  """Writes a small archive laid out like the official one; returns {split: (images, labels)}."""
-  if name == "cifar10":
-    folder = "cifar-10-batches-bin"
-    files = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
-    names = {"batches.meta.txt": 10}
-  else:
-    folder = "cifar-100-binary"
-    files = {"train": ["train.bin"], "test": ["test.bin"]}
-    names = {"coarse_label_names.txt": 20, "fine_label_names.txt": 100}
-  written = {}
-  with tarfile.open(path, "w:gz") as tar:
-    def add(member, content: bytes):
-      info = tarfile.TarInfo(f"{folder}/{member}")
-      info.size = len(content)
-      tar.addfile(info, io.BytesIO(content))
-
-    for member, count in names.items():  # one name a line, then blank lines, as in the original
-      add(member, "".join(f"class_{i}\n" for i in range(count)).encode() + b"\n\n")
-    for split, members in files.items():
-      images, labels = [], []
-      for member in members:
-        count = 7 if name == "cifar10" else 24
-        image = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-        fine = rng.integers(0, 100 if name == "cifar100" else 10, count)
-        coarse = rng.integers(0, 20, count)
-        label_bytes = [[f] if name == "cifar10" else [c, f] for c, f in zip(coarse, fine)]
-        add(member, b"".join(_cifar_record(b, im) for b, im in zip(label_bytes, image)))
-        images.append(image)
-        labels.append(fine)
-      written[split] = (np.concatenate(images), np.concatenate(labels))
-  return written
-
-
-def _prepare(name: str, tmp_path) -> tuple[str, dict]:
-  archive = tmp_path / f"{name}-generated.tar.gz"
-  written = _write_archive(archive, name, np.random.default_rng(len(name)))
-  data_dir = str(tmp_path / "tfds")
-  result = subprocess.run(
-      [sys.executable, "-m", "launch.prepare_data", name, "--archive", str(archive),
-       "--data_dir", data_dir, "--skip_checksum"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  counts = f"{len(written['train'][1])} train, {len(written['test'][1])} test examples"
-  assert counts in result.stdout, result.stdout
-  return data_dir, written
-
 
 @needs_tensorflow
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_prepared_archive_loads_exactly(name, tmp_path):
-  data_dir, written = _prepare(name, tmp_path)
+  data_dir, written = helpers.prepare_cifar(name, tmp_path)
   for split in ("train", "test"):
     loaded = data.load(name, split, data_dir=data_dir)
     images, labels = written[split]
@@ -146,7 +85,7 @@ print(split.images.sum(dtype="int64"), split.labels.sum())
 @needs_tensorflow
 def test_prepare_rejects_an_archive_that_is_not_the_official_one(tmp_path):
   archive = tmp_path / "cifar-10-binary.tar.gz"
-  _write_archive(archive, "cifar10", np.random.default_rng(0))
+  helpers.write_cifar_archive(archive, "cifar10", np.random.default_rng(0))
   with pytest.raises(ValueError, match="not the official cifar-10-binary.tar.gz"):
     cifar.prepare("cifar10", str(archive), data_dir=str(tmp_path / "tfds"))
 
@@ -271,6 +210,71 @@ def test_the_debian_package_files_load():
     # Xiao et al. 2017: 6,000 training and 1,000 test images per class.
     np.testing.assert_array_equal(np.bincount(loaded.labels), np.full(10, count // 10))
     assert loaded.images.min() == 0 and loaded.images.max() == 255
+
+
+class _FakeApt:
+  """subprocess.run for apt-get (other commands run): records each apt-get command; `install`
+  writes the package's files."""
+
+  def __init__(self, package_dir, fail=None):
+    self.package_dir, self.fail, self.commands = package_dir, fail, []
+    self.run = subprocess.run
+
+  def __call__(self, command, **kwargs):
+    if command[0] != "apt-get":
+      return self.run(command, **kwargs)
+    self.commands.append(command)
+    if command[:2] == ["apt-get", "install"] and not self.fail:
+      self.package_dir.mkdir()
+      helpers.write_fashion_idx(self.package_dir, counts=(30, 10))
+    return subprocess.CompletedProcess(command, 100 if command == self.fail else 0, "",
+                                       "E: Unable to locate package" if self.fail else "")
+
+
+@pytest.fixture
+def no_fashion_mnist(monkeypatch, tmp_path):
+  """Neither TFDS's default directory nor the Debian one holds Fashion-MNIST; this runs as
+  root with apt-get on the PATH."""
+  import tensorflow_datasets as tfds
+  from launch import prepare_data
+  monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "tfds"))
+  monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "debian"))
+  monkeypatch.setattr(os, "geteuid", lambda: 0)
+  monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+  return prepare_data, tmp_path / "debian"
+
+
+def test_prepare_data_installs_the_debian_package_where_fashion_mnist_is_missing(
+    no_fashion_mnist, monkeypatch, capsys):
+  prepare_data, debian_dir = no_fashion_mnist
+  apt = _FakeApt(debian_dir)
+  monkeypatch.setattr(subprocess, "run", apt)
+  prepare_data.main(["fashion_mnist"])
+  assert apt.commands == [["apt-get", "update"],
+                          ["apt-get", "install", "-y", "dataset-fashion-mnist"]]
+  assert capsys.readouterr().out.splitlines()[-1] == (
+      "fashion_mnist is ready: 30 train, 10 test examples.")
+  prepare_data.main(["fashion_mnist"])  # present now: nothing is installed again
+  assert len(apt.commands) == 2
+
+
+def test_prepare_data_names_both_ways_where_it_cannot_install_fashion_mnist(
+    no_fashion_mnist, monkeypatch, tmp_path):
+  prepare_data, debian_dir = no_fashion_mnist
+  apt = _FakeApt(debian_dir, fail=["apt-get", "install", "-y", "dataset-fashion-mnist"])
+  monkeypatch.setattr(subprocess, "run", apt)
+  with pytest.raises(SystemExit) as failed:  # the package cannot be found
+    prepare_data.main(["fashion_mnist"])
+  assert "`apt-get install -y dataset-fashion-mnist` failed (100): E: Unable" in str(
+      failed.value)
+  monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root; then another data_dir
+  for argv in (["fashion_mnist"], ["fashion_mnist", "--data_dir", str(tmp_path / "mine")]):
+    with pytest.raises(SystemExit) as failed:
+      prepare_data.main(argv)
+    message = str(failed.value)
+    assert "apt-get update && apt-get install dataset-fashion-mnist" in message
+    assert "download_and_prepare(file_format='array_record')" in message
+  assert len(apt.commands) == 2
 
 
 # --- Iterators ----------------------------------------------------------------------------------

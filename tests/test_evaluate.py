@@ -8,6 +8,7 @@ import sys
 
 import chex
 import jax
+import numpy as np
 import pytest
 
 from configs import smoke
@@ -112,22 +113,23 @@ def test_a_checkpoint_written_before_run_specs_is_restored_from_the_published_sh
 torch = pytest.importorskip("torch")
 
 
-def _tiny_checkpoint(tmp_path, arch):
-  """A random PyTorch model of `arch` on 8×8 grey digits, saved as RobustBench saves its
-  files ({"state_dict": ...})."""
+def _tiny_checkpoint(tmp_path, arch, in_channels=1):
+  """A random PyTorch model of `arch` (on 8×8 grey digits unless told; BatchNorm statistics
+  away from their defaults, `helpers.randomized`), saved as RobustBench saves its files
+  ({"state_dict": ...}); returns (path, model)."""
   from robustwidth import interop
   torch.manual_seed(0)
   sizes = dict(depth=10, width=1, base_channels=2) if arch == "wide_resnet" else dict(
       base_channels=2)
-  net = interop.torch_model(arch, 10, in_channels=1, **sizes)
+  net = helpers.randomized(interop.torch_model(arch, 10, in_channels=in_channels, **sizes))
   path = str(tmp_path / f"{arch}.pt")
   torch.save({"state_dict": net.state_dict()}, path)
-  return path
+  return path, net
 
 
 @pytest.mark.parametrize("arch", ["wide_resnet", "preact_resnet18", "resnet18"])
 def test_torch_checkpoint_record(tmp_path, arch):
-  path = _tiny_checkpoint(tmp_path, arch)
+  path, _ = _tiny_checkpoint(tmp_path, arch)
   mean, std = ([0.5], [0.25]) if arch == "wide_resnet" else (None, None)
   record = evaluate.evaluate_torch_checkpoint(path, arch=arch, dataset="digits",
                                               evaluations=["pgd-2", "cw-2"], n_examples=12,
@@ -152,7 +154,7 @@ def test_torch_checkpoint_record(tmp_path, arch):
 
 
 def test_torch_checkpoint_from_the_command_line(tmp_path):
-  path = _tiny_checkpoint(tmp_path, "wide_resnet")
+  path, _ = _tiny_checkpoint(tmp_path, "wide_resnet")
   output = tmp_path / "record.json"
   result = subprocess.run(
       [sys.executable, "-m", "launch.evaluate", "--torch_checkpoint", path,
@@ -166,3 +168,21 @@ def test_torch_checkpoint_from_the_command_line(tmp_path):
   assert record["family"] == "wide_resnet" and record["n_examples"] == 8
   assert record["input_normalization"] == dict(mean=[0.5], std=[0.25])
   assert "WideResNet-10-1 on digits" in result.stdout
+
+
+@helpers.needs_tensorflow
+def test_torch_checkpoint_on_cifar10_files_prepared_as_users_prepare_them(tmp_path):
+  # A CIFAR-10 archive in the official binary format, prepared by launch.prepare_data.
+  data_dir, written = helpers.prepare_cifar("cifar10", tmp_path)
+  path, net = _tiny_checkpoint(tmp_path, "preact_resnet18", in_channels=3)
+  record = evaluate.evaluate_torch_checkpoint(path, arch="preact_resnet18", dataset="cifar10",
+                                              data_dir=data_dir, evaluations=["pgd-2"],
+                                              batch_size=8)
+  images, labels = written["test"]
+  with torch.no_grad():  # PyTorch's own predictions on the archive's images, NCHW in [0, 1]
+    logits = net(torch.from_numpy(images.transpose(0, 3, 1, 2) / 255.0).float())
+  assert record["dataset"] == "cifar10" and record["n_examples"] == len(labels) == 7
+  assert record["clean_acc"] == pytest.approx(
+      100 * np.mean(logits.argmax(1).numpy() == labels), abs=0.01)
+  counts = record["evaluations"]["pgd-2"]["counts"]
+  assert sum(counts[c] for c in metrics.CELLS) == counts["count"] == 7

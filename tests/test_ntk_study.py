@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from configs import ntk_width as ntk_width_config
-from robustwidth import data, ntk
-from robustwidth.models import create_model, model_logits_fn
+from robustwidth import config as config_lib
+from robustwidth import data, evaluation, ntk
+from robustwidth.models import create_model, functional, model_logits_fn
 from robustwidth.studies import ntk_width
 
 
@@ -32,6 +33,29 @@ def test_config_names_the_job():
   assert set(config.ntk_width.families) == {"mlp", "cnn", "wide_resnet"}
 
 
+@pytest.mark.parametrize("dataset", ["digits", "fashion_mnist"])
+def test_config_reaches_4096_units_in_the_two_layer_net_under_trades(dataset):
+  config = ntk_width_config.get_config(f"dataset={dataset}")
+  study = config.ntk_width
+  assert config.data.name == dataset and config.attack.eps == 0.1
+  assert study.mlp.depth == 1 and max(study.mlp.widths) * study.mlp.base_channels >= 4096
+  assert set(study.trained_methods) == {"standard", "trades"}
+  assert set(study.trained_parameterizations) == {"standard", "ntk"}
+  for method in study.trained_methods:  # each training run is a valid, distinct run
+    runs = {p: ntk_width._train_config(config, method, "mlp", 256, p)
+            for p in study.trained_parameterizations}
+    for run in runs.values():
+      config_lib.validate(run)
+      assert (run.train.method, run.model.depth, run.model.width) == (method, 1, 256)
+    assert (runs["standard"].train.lr, runs["ntk"].train.lr) == (
+        config.train.lr, study.ntk_lr)
+
+
+def test_unknown_dataset_is_refused():
+  with pytest.raises(ValueError, match="dataset='mnist'"):
+    ntk_width_config.get_config("dataset=mnist")
+
+
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 def test_parameterizations_compute_the_same_function_at_initialization(family):
   """Why the study measures gradient norms at initialization under one parameterization."""
@@ -48,26 +72,49 @@ def test_tiny_study_writes_report_fits_and_plots(tmp_path):
   ntk_width.run(_tiny_config(), workdir)
   with open(os.path.join(workdir, "measurements.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  # init: 2 widths × 2 parameterizations × 2 seeds; trained: 2 widths × 1.
+  # init: 2 widths × 2 parameterizations × 2 seeds; trained: 2 widths × 2 methods.
   assert sum(r["phase"] == "init" for r in records) == 8
-  assert sum(r["phase"] == "trained" for r in records) == 2
+  trained = [r for r in records if r["phase"] == "trained"]
+  assert sorted((r["method"], r["width"]) for r in trained) == [
+      ("standard", 1), ("standard", 2), ("trades", 1), ("trades", 2)]
   with open(os.path.join(workdir, "fits.jsonl")) as f:
     fits = [json.loads(line) for line in f]
   trace_fits = [f for f in fits if f["quantity"] == "ntk_trace" and f["phase"] == "init"]
   assert len(trace_fits) == 2
   for fit in trace_fits:
     assert fit["slope_low"] <= fit["slope"] <= fit["slope_high"] and fit["num_points"] == 4
+  # A fit of every quantity per training method; 2 widths × 1 seed are too few for a slope.
+  for method in ("standard", "trades"):
+    method_fits = [f for f in fits if f["method"] == method]
+    assert len(method_fits) == len(ntk_width.quantities(_tiny_config().ntk_width))
+    assert all(f["slope"] is None and f["num_points"] == 2 for f in method_fits)
   report = open(os.path.join(workdir, "report.md")).read()
   assert "| ntk_trace |" in report and "## NTK implementations" in report
-  for phase in ("init", "trained"):
-    assert os.path.getsize(os.path.join(workdir, "plots", f"mlp_{phase}.png")) > 0
+  assert "trades-trained standard" in report and "β = 6" in report
+  for name in ("init", "trained_standard", "trained_trades"):
+    assert os.path.getsize(os.path.join(workdir, "plots", f"mlp_{name}.png")) > 0
   with open(os.path.join(workdir, "implementations.jsonl")) as f:
     assert len(f.readlines()) == 2 * len(ntk.IMPLEMENTATIONS)
   assert jax.device_count() == 8  # the study ran on the test set-up's 8 fake devices
+  # The TRADES records are measured on the TRADES runs' own checkpoints.
+  run_dir = os.path.join(workdir, "trained", "trades_mlp_standard_w2")
+  with open(os.path.join(run_dir, "record.json")) as f:
+    assert json.load(f)["config"]["train"]["method"] == "trades"
+  graphdef, params, model_state, _ = evaluation.restore_model(run_dir, "best")
+  x = data.to_float(data.load("digits", "test").images[:4])
+  y = data.load("digits", "test").labels[:4]
+  norms = ntk.input_gradient_norm(functional.logits_fn(graphdef, params, model_state), x, y,
+                                  ord=1)
+  record = next(r for r in trained if (r["method"], r["width"]) == ("trades", 2))
+  np.testing.assert_allclose(record["grad_ce_l1"], np.mean(norms), rtol=1e-4)
 
 
 def test_bad_study_config_is_refused(tmp_path):
   config = _tiny_config()
   config.ntk_width.mlp.widths = (4, 4)
   with pytest.raises(ValueError, match="two or more distinct widths"):
+    ntk_width.run(config, str(tmp_path))
+  config = _tiny_config()
+  config.ntk_width.trained_methods = ("standard", "tradez")
+  with pytest.raises(ValueError, match="trained_methods has 'tradez'"):
     ntk_width.run(config, str(tmp_path))

@@ -1,14 +1,17 @@
-"""The TRADES and PGD-AT training steps against PyTorch implementations of the reference
+"""The TRADES, PGD-AT and MART training steps against PyTorch implementations of the reference
 algorithms, written here from the references' description (yaodongyu/TRADES `trades_loss`;
-Madry et al.'s PGD-AT as the authors' and TRADES' code runs its attack): the same WideResNet
-weights moved through `interop`, the same batches and attack starts, three consecutive steps.
+Madry et al.'s PGD-AT as the authors' and TRADES' code runs its attack; YisenWang/MART
+`mart_loss`): the same WideResNet weights moved through `interop`, the same batches and attack
+starts, three consecutive steps.
 
 Each reference step: the model in evaluation mode for the attack, which starts at the given
 point (x + 0.001·N(0, 1) or x + U(−ε, ε), not clipped), takes the sign of the input gradient,
 and projects onto the ε-ball and [0, 1] after every step; then the model in training mode for
 the loss — TRADES: CE(f(x)) + β·KL(softmax f(x) ‖ softmax f(x̂)) with f(x) run a second time
 inside the KL (three training-mode passes: clean, adversarial, clean); Madry: CE(f(x̂)) alone
-(one pass) — and PyTorch's SGD with momentum and coupled weight decay.
+(one pass); MART: clean, then adversarial pass, CE(f(x̂)) − log(1.0001 − p_k(x̂) + 1e-12) with
+k the top-2 class of p(x̂) that is not y, plus β·mean of KL(p(x) ‖ p(x̂)) (log of p(x̂) + 1e-12)
+times 1.0000001 − p_y(x) — and PyTorch's SGD with momentum and coupled weight decay.
 """
 import numpy as np
 import pytest
@@ -86,6 +89,17 @@ def _torch_step(net, optimizer, x, y, x_adv, method, beta):
     robust = F.kl_div(F.log_softmax(net(x_adv), dim=1), F.softmax(net(x), dim=1),
                       reduction="sum") / len(x)
     loss = natural + beta * robust
+  elif method == "mart":
+    logits, logits_adv = net(x), net(x_adv)
+    adv_probs = F.softmax(logits_adv, dim=1)
+    top_two = torch.topk(adv_probs, 2, dim=1).indices
+    wrong = torch.where(top_two[:, 0] == y, top_two[:, 1], top_two[:, 0])
+    boosted = F.cross_entropy(logits_adv, y) - torch.log(
+        1.0001 - adv_probs.gather(1, wrong[:, None])[:, 0] + 1e-12).mean()
+    nat_probs = F.softmax(logits, dim=1)
+    kl = (nat_probs * (torch.log(nat_probs) - torch.log(adv_probs + 1e-12))).sum(dim=1)
+    weight = 1.0000001 - nat_probs.gather(1, y[:, None])[:, 0]
+    loss = boosted + beta * (kl * weight).mean()
   else:
     loss = F.cross_entropy(net(x_adv), y)
   loss.backward()
@@ -109,7 +123,8 @@ def _max_difference(ours, theirs, suffixes):
 
 
 @pytest.mark.parametrize("method,init,beta,flipped_fraction", [
-    ("trades", "normal", 6.0, 0.08), ("pgd_at", "uniform", 1.0, 0.002)])
+    ("trades", "normal", 6.0, 0.08), ("pgd_at", "uniform", 1.0, 0.002),
+    ("mart", "normal", 6.0, 0.002)])
 def test_three_steps_match_the_reference(method, init, beta, flipped_fraction):
   # WRN-10, stage channels [4, 8, 16, 32], 8×8×3 inputs, BatchNorm statistics away from their
   # defaults (so the attack's evaluation mode differs from training mode).

@@ -31,10 +31,6 @@ from robustwidth import validation
 from robustwidth.attacks import components, geometry, objectives
 
 LOSSES = ("ce", "dlr")
-# Loop form (measured): AutoAttack's 100-step loops are rolled on every backend. On XLA:CPU
-# (WRN-10-4, 8×8 inputs, batch 256) APGD's rolled loop compiled in 5 s and ran 100 steps in
-# 8.9 s, unroll=4 in 6 s and 8.9 s; fully unrolled, 20 steps took 17.5 s to compile (5.7 s
-# rolled) for the same 2.0 s run, and 100 steps of a small MLP about 2 minutes.
 MOMENTUM = 0.75
 RHO = 0.75
 L1_EPS_SCHEDULE = ((3.0, 0.3), (2.0, 0.3), (1.0, 0.4))   # (radius / ε, share of iterations)
@@ -77,30 +73,32 @@ def _loss_and_grad(logits_fn, loss_fn, eot=None):
   """(z, i) -> (per-example loss [B], logits, ∇_z Σ loss) at evaluation i; one forward and one
   backward pass.
 
-  eot = (randomized, draws, key): `randomized(z, key)` is a randomized model; the gradient is
+  eot = (randomized, draws, keys): `randomized(z, key)` is a randomized model; the gradient is
   its mean over `draws` draws (expectation over transformation, Athalye et al. 2018), the loss
-  and logits those of the last draw, as in the reference.
+  and logits those of the last draw, as in the reference. Draw j of evaluation i runs each
+  example alone with fold_in(fold_in(keys[b], i), j) (`components.per_example_draws`).
   """
 
-  def total(z, *key):
-    logits = logits_fn(z) if eot is None else eot[0](z, *key)
+  def total(z, *keys):
+    logits = logits_fn(z) if eot is None else components.per_example_draws(eot[0], z, *keys)
     per_example = loss_fn(logits)
     return jnp.sum(per_example), (per_example, logits)
 
-  def once(z, *key):
-    (_, (per_example, logits)), grad = jax.value_and_grad(total, has_aux=True)(z, *key)
+  def once(z, *keys):
+    (_, (per_example, logits)), grad = jax.value_and_grad(total, has_aux=True)(z, *keys)
     return per_example, logits, grad
 
   if eot is None:
     return lambda z, i: once(z)
-  _, draws, key = eot
+  _, draws, keys = eot
 
   def evaluate(z, i):
     def draw(j, carry):
-      per_example, logits, grad = once(z, jax.random.fold_in(jax.random.fold_in(key, i), j))
+      draw_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, i), j))(keys)
+      per_example, logits, grad = once(z, draw_keys)
       return per_example, logits, carry[2] + grad
 
-    shapes = jax.eval_shape(once, z, key)
+    shapes = jax.eval_shape(once, z, keys)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     per_example, logits, grad = jax.lax.fori_loop(0, draws, draw, zeros)
     return per_example, logits, grad / draws
@@ -156,7 +154,7 @@ def apgd_run(logits_fn, x, y, start, loss_fn, eps, *, norm: str, num_steps: int,
         halved_at_check=jnp.where(at_check, halve, c["halved_at_check"]),
         loss_best_at_check=jnp.where(at_check, c["loss_best"], c["loss_best_at_check"]))
 
-  c = jax.lax.fori_loop(0, num_steps, body, carry)  # rolled: see "Loop form" above
+  c = jax.lax.fori_loop(0, num_steps, body, carry)  # rolled (docs/benchmarks.md)
   return c["x_fooled"], c["fooled"]
 
 
@@ -244,13 +242,15 @@ def apgd_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf", loss: str = "c
                eot_draws: int = 1) -> jax.Array:
   """`apgd` with one PRNG key per example (`keys`: [B] keys); unchecked, for jit.
 
-  With a `randomized(x, key)` model, each gradient is its mean over `eot_draws` draws (the
-  draws' keys come from the batch's first key), and `logits_fn` decides success.
+  With a `randomized(x, key)` model, each gradient is its mean over `eot_draws` draws, each
+  example's drawn from its own key (restart r: fold_in(fold_in(keys[b], r), 1)), and
+  `logits_fn` decides success.
   """
 
   def run_one(r):
-    eot = None if randomized is None else (randomized, eot_draws,
-                                           jax.random.fold_in(jax.random.fold_in(keys[0], r), 1))
+    eot = None if randomized is None else (
+        randomized, eot_draws,
+        jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, r), 1))(keys))
     return _run(logits_fn, x, y, jax.vmap(lambda k: jax.random.fold_in(k, r))(keys),
                 _loss_fn(loss, y), eps, norm, num_steps, eot)
 

@@ -10,15 +10,17 @@ The versions, with the reference's settings (`attack_settings`):
             APGD-T and FAB-T (9 targets each); ℓ∞ and ℓ2.
   rand      APGD-CE and APGD-DLR against a randomized model, each gradient averaged over 20
             draws (expectation over transformation); ℓ∞ and ℓ2. `logits_fn(x, key)` takes a
-            key; predictions use one fixed draw.
+            key; predictions use one fixed draw per example. Each example is run alone with
+            keys folded from its index, so no draw depends on the rest of its batch.
   custom    the named attacks, in order, with the standard version's settings (FAB: plus's).
 
 Each attack runs only on the examples still robust after the attacks before it, so every
 example ends with the per-example worst case. Remaining examples go through in chunks of at
 most `batch_size`, each padded to the next power of two (at most `batch_size`), so an attack
 compiles once per padded size and never per count. Every random draw of APGD, APGD-T and
-Square is made from fold_in(key, attack, example index): an example's result does not depend on
-the batch size or on which examples are still being attacked.
+Square, and every draw of the rand version's model, is made from fold_in(key, attack, example
+index): an example's result does not depend on the batch size or on which examples are still
+being attacked.
 
 For a large model, pass `logits_fn` as a `jax.tree_util.Partial` holding the parameters as
 arguments (as `robustwidth.models.logits_fn` closures do not): its arrays then enter the
@@ -114,9 +116,9 @@ def _run_attack(fn, randomized, x, y, indices, key, active, eps, *, name, norm, 
 _run_attack_jit = jax.jit(_run_attack, static_argnames=("name", "norm", "num_classes", "version"))
 
 
-def _one_draw(randomized, key, x):
-  """A randomized model `randomized(x, key)` at one fixed draw."""
-  return randomized(x, key)
+def _fixed_draws(randomized, keys, x):
+  """A randomized model `randomized(x, key)` at the fixed draw of each example, keys[b]."""
+  return components.per_example_draws(randomized, x, keys)
 
 
 @jax.jit
@@ -192,17 +194,27 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
   names = _attack_names(version, attacks, norm)
   validation.check_positive_int("batch_size", batch_size)
   randomized = components.as_partial(logits_fn) if version == "rand" else None
-  fn = (jax.tree_util.Partial(_one_draw, randomized, jax.random.fold_in(key, 0))
-        if version == "rand" else components.as_partial(logits_fn))
+
+  def predictor(rows):
+    """The model that decides the predictions of the examples `rows` (indices into x): for
+    version "rand", each example's fixed draw, fold_in(fold_in(key, 0), index)."""
+    if randomized is None:
+      return components.as_partial(logits_fn)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, 0), i))(
+        jnp.asarray(rows))
+    return jax.tree_util.Partial(_fixed_draws, randomized, keys)
+
   min_classes = 4 if "apgd-t" in names else 3 if "apgd-dlr" in names else 2
-  num_classes = components.check_args(fn, x, y, eps, norm, min_classes=min_classes)
+  num_classes = components.check_args(predictor(np.arange(len(x))), x, y, eps, norm,
+                                      min_classes=min_classes)
   if "square" in names:
     check_image_shape(x, norm)
   x = np.asarray(x, np.float32)
   y = np.asarray(y, np.int32)
   eps = jnp.float32(eps)
 
-  first = slice(0, min(batch_size, len(x)))
+  first = np.arange(min(batch_size, len(x)))
+  fn = predictor(first)
   if version != "rand":   # as the reference, which expects randomness there
     checks.check_randomized(fn, x[first])
   checks.check_probabilities(fn(x[first]))
@@ -211,7 +223,7 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
   all_rows = np.arange(len(x))
   robust = np.zeros(len(x), bool)
   for rows, count in _chunks(all_rows, batch_size):
-    logits = np.asarray(_logits(fn, x[rows]))[:count]
+    logits = np.asarray(_logits(predictor(rows), x[rows]))[:count]
     validation.check_finite_logits(logits, "logits_fn's logits of the clean examples")
     robust[rows[:count]] = logits.argmax(-1) == y[rows[:count]]
   x_adv = x.copy()
@@ -222,9 +234,10 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
     attack_key = _key_for(key, name)
     for rows, count in _chunks(np.flatnonzero(robust), batch_size):
       active = np.arange(len(rows)) < count
-      out, fooled = _run_attack_jit(fn, randomized, x[rows], y[rows], jnp.asarray(rows),
-                                    attack_key, jnp.asarray(active), eps, name=name, norm=norm,
-                                    num_classes=num_classes, version=version)
+      out, fooled = _run_attack_jit(predictor(rows), randomized, x[rows], y[rows],
+                                    jnp.asarray(rows), attack_key, jnp.asarray(active), eps,
+                                    name=name, norm=norm, num_classes=num_classes,
+                                    version=version)
       fooled = np.asarray(fooled)[:count]
       hit = rows[:count][fooled]
       x_adv[hit] = np.asarray(out)[:count][fooled]
@@ -236,6 +249,7 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
   counts = None
   for rows, count in _chunks(all_rows, batch_size):
     mask = jnp.asarray(np.arange(len(rows)) < count)
+    fn = predictor(rows)
     logits_adv = fn(x_adv[rows])
     validation.check_finite_logits(logits_adv[:count],
                                    "logits_fn's logits of the adversarial examples")

@@ -25,6 +25,12 @@ def rows(v: jax.Array, like: jax.Array) -> jax.Array:
   return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
+def per_example_draws(randomized, x, keys) -> jax.Array:
+  """A randomized model `randomized(x, key)` run on each example alone, example b with keys[b]:
+  every draw then depends on its example and key only, never on the rest of the batch."""
+  return jax.vmap(lambda example, key: randomized(example[None], key)[0])(x, keys)
+
+
 def misclassified(logits_fn, x, y) -> jax.Array:
   return jnp.argmax(logits_fn(x), -1) != y
 

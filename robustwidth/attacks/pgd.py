@@ -10,7 +10,6 @@ import jax.numpy as jnp
 
 from robustwidth import validation
 from robustwidth.attacks import geometry, objectives
-from robustwidth.attacks.loop import attack_loop
 
 
 def _check_args(logits_fn, x, y, eps, step_size, num_steps, norm, loss, init, restarts):
@@ -33,7 +32,8 @@ def _check_args(logits_fn, x, y, eps, step_size, num_steps, norm, loss, init, re
     validation.check_labels(y, x.shape[0], logits_shape[1])
 
 
-def _attack_once(logits_fn, x, y, logits_nat, key, eps, step_size, num_steps, norm, loss, init):
+def _attack_once(logits_fn, x, y, logits_nat, key, eps, step_size, num_steps, norm, loss, init,
+                 unroll):
   """One PGD run: (final iterate, max over iterates of the dual norm of ∇ₓ loss).
 
   The first gradient is taken at the unprojected start (`geometry.random_start`), as in the
@@ -53,7 +53,8 @@ def _attack_once(logits_fn, x, y, logits_nat, key, eps, step_size, num_steps, no
     return geometry.project(x_adv, x, eps, norm), probe
 
   start = geometry.random_start(key, x, eps, norm, init)
-  return attack_loop(num_steps, step, (start, jnp.zeros((x.shape[0],), x.dtype)))
+  return jax.lax.fori_loop(0, num_steps, step, (start, jnp.zeros((x.shape[0],), x.dtype)),
+                           unroll=unroll)
 
 
 def _success_and_loss(logits_fn, x_adv, y, logits_nat, loss):
@@ -66,7 +67,8 @@ def _success_and_loss(logits_fn, x_adv, y, logits_nat, loss):
 
 def pgd_lipschitz_probe(logits_fn, x, y, *, key, eps, step_size, num_steps: int,
                         norm: str = "linf", loss: str = "ce", init: str = "uniform",
-                        restarts: int = 1) -> tuple[jax.Array, jax.Array]:
+                        restarts: int = 1, unroll: bool | int = False
+                        ) -> tuple[jax.Array, jax.Array]:
   """PGD that also returns the authors' local-Lipschitz probe (docs/paper.md §3).
 
   Returns (x_adv, probe): probe[i] is the max, over every iterate the attack visited (all
@@ -75,7 +77,7 @@ def pgd_lipschitz_probe(logits_fn, x, y, *, key, eps, step_size, num_steps: int,
   """
   _check_args(logits_fn, x, y, eps, step_size, num_steps, norm, loss, init, restarts)
   logits_nat = jax.lax.stop_gradient(logits_fn(x)) if loss == "kl" or restarts > 1 else None
-  args = (eps, step_size, num_steps, norm, loss, init)
+  args = (eps, step_size, num_steps, norm, loss, init, unroll)
   # Restart r draws its start from fold_in(key, r): the first restart is the single-restart
   # attack itself, so more restarts can only strengthen the result, example by example.
   best_x, probe = _attack_once(logits_fn, x, y, logits_nat, jax.random.fold_in(key, 0), *args)
@@ -94,7 +96,8 @@ def pgd_lipschitz_probe(logits_fn, x, y, *, key, eps, step_size, num_steps: int,
 
 
 def pgd(logits_fn, x, y, *, key, eps, step_size, num_steps: int, norm: str = "linf",
-        loss: str = "ce", init: str = "uniform", restarts: int = 1) -> jax.Array:
+        loss: str = "ce", init: str = "uniform", restarts: int = 1,
+        unroll: bool | int = False) -> jax.Array:
   """Projected gradient ascent on `loss` within B(x, eps) ∩ [0, 1]; returns x_adv.
 
   logits_fn: x -> [B, K] logits in evaluation mode. norm: "linf" | "l2" | "l1" (ℓ1: sparse
@@ -105,8 +108,10 @@ def pgd(logits_fn, x, y, *, key, eps, step_size, num_steps: int, norm: str = "li
   (x + 0.001·N(0, 1)) or "none"; the first gradient is taken at the start as drawn, before
   any clipping to [0, 1], as in the TRADES and Madry references. With restarts > 1 each
   example keeps its worst case over the restarts. The final iterate is returned, as in the
-  reference implementations.
+  reference implementations. unroll: the step loop's `lax.fori_loop` unroll; rolled (False)
+  is as fast on XLA:CPU (docs/benchmarks.md), True unrolls it for XLA's cost analysis, which
+  counts a rolled loop's body once.
   """
   return pgd_lipschitz_probe(logits_fn, x, y, key=key, eps=eps, step_size=step_size,
                              num_steps=num_steps, norm=norm, loss=loss, init=init,
-                             restarts=restarts)[0]
+                             restarts=restarts, unroll=unroll)[0]

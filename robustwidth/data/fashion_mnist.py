@@ -20,7 +20,8 @@ import numpy as np
 
 from robustwidth.data.dataset import Split
 
-DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # where the package puts the IDX files
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 IMAGE_MAGIC, LABEL_MAGIC = 0x803, 0x801  # unsigned bytes; 3 dimensions, 1 dimension
@@ -37,7 +38,7 @@ def how_to_get(data_dir: str | None) -> str:
   tfds_dir = f", data_dir={data_dir!r}" if data_dir else ""
   return ("Get Fashion-MNIST either way:\n"
           f"  - the official IDX files in {idx_dir}: on Debian/Ubuntu, as root, "
-          "`apt-get update && apt-get install dataset-fashion-mnist` (it fills "
+          f"`apt-get update && apt-get install {DEBIAN_PACKAGE}` (it fills "
           f"{DEBIAN_DIR}), or download the four .gz files from "
           "https://github.com/zalandoresearch/fashion-mnist into data.data_dir;\n"
           "  - with internet, TFDS: python -c \"import tensorflow_datasets as tfds; "

@@ -11,10 +11,9 @@ the neural tangent kernel) scale with width. Convolutions pad explicitly and sym
 PyTorch does, so that weights move between the two frameworks unchanged.
 
 `conv2d` computes exactly `lax.conv_general_dilated` and defines its derivative itself, in the
-forms measured fastest on XLA:CPU (docs/benchmarks.md): the input gradient through the kernel
-stored as HWOI (JAX's own layout is far slower inside a rolled attack loop), the kernel gradient
-by Winograd for 3×3 stride-1 convolutions and otherwise by a matrix product of the input
-patches. Off CPU, every derivative is XLA's own convolution.
+forms docs/benchmarks.md measured fastest on XLA:CPU: the input gradient through the kernel
+stored as HWOI, the kernel gradient by Winograd for 3×3 stride-1 convolutions and otherwise by
+a matrix product of the input patches. Off CPU, every derivative is XLA's own convolution.
 """
 import functools
 from typing import Literal
@@ -79,8 +78,8 @@ def _patches(x, size: int, stride: int, padding: int):
 
 
 def _kernel_tangent(x, kernel_dot, stride: int, padding: int):
-  """conv(x, kernel_dot), in the form whose transpose (the kernel gradient) XLA:CPU runs
-  fastest: Winograd F(4×4, 3×3) for stride-1 3×3 convolutions (36 matrix products over all
+  """conv(x, kernel_dot), in the form whose transpose (the kernel gradient) XLA:CPU ran
+  fastest (docs/benchmarks.md): Winograd F(4×4, 3×3) for stride-1 3×3 convolutions (36 matrix products over all
   tiles), otherwise patches @ kernel_dot, one matrix product over all output pixels, with the
   patches rebuilt in the backward pass (jax.checkpoint) rather than kept, as they are size²
   times the input."""

@@ -8,6 +8,7 @@ passes (APGD-CE's 100 on every point; APGD-T's 900, FAB-T's 900 at about two pas
 Square's 5,000 forward passes at about a third of one, on the half assumed still robust).
 """
 import copy
+import dataclasses
 import time
 
 import jax
@@ -15,7 +16,6 @@ import jax.numpy as jnp
 
 from robustwidth import config as config_lib
 from robustwidth import data, experiment, models, steps
-from robustwidth.attacks.loop import forced_unroll
 
 AUTOATTACK_PASSES = 100 + 0.5 * (900 + 2 * 900 + 5000 / 3)
 
@@ -30,12 +30,14 @@ def _lowered_steps(config):
   state = experiment.abstract_train_state(config, spec)
   batch = experiment.batch_spec(config.train.batch_size, spec.image_shape)
   eval_batch = experiment.batch_spec(config.eval.batch_size, spec.image_shape, mask=True)
-  with forced_unroll(True):
-    train_step = jax.jit(steps.make_train_step(
-        graphdef, experiment.optimizer(config, spec),
-        experiment.train_settings(config, spec))).lower(state, batch)
-    eval_step = jax.jit(steps.make_eval_step(graphdef, experiment.eval_attack(config))).lower(
-        state.params, state.model_state, eval_batch, jax.random.PRNGKey(0))
+  settings = experiment.train_settings(config, spec)
+  unrolled = lambda attack: dataclasses.replace(attack, unroll=True)  # each step counted
+  if settings.attack is not None:
+    settings = dataclasses.replace(settings, attack=unrolled(settings.attack))
+  train_step = jax.jit(steps.make_train_step(
+      graphdef, experiment.optimizer(config, spec), settings)).lower(state, batch)
+  eval_step = jax.jit(steps.make_eval_step(graphdef, unrolled(experiment.eval_attack(config)))
+                      ).lower(state.params, state.model_state, eval_batch, jax.random.PRNGKey(0))
   return train_step, eval_step, models.count_params(params), (state, batch)
 
 

@@ -1,21 +1,25 @@
 """The NTK width study (docs/paper.md §3): how input-gradient norms, the authors' local-Lipschitz
 probe and the empirical NTK scale with width, at initialization over many seeds and after
-training, under standard and NTK parameterization.
+training with each method of `trained_methods` (standard, TRADES, ...), under standard and NTK
+parameterization.
 
-Per family, parameterization, width and seed, on fixed test examples:
+Per family, parameterization, width and seed (and training method), on fixed test examples:
   grad_{ce,margin}_{l1,l2,linf}  mean over examples of ‖∇ₓL‖ (ℓ1 is the Lipschitz norm for ℓ∞)
   lipschitz_probe                mean of the authors' probe: max of ‖∇ₓ KL‖₁ over the iterates
                                  of the TRADES inner attack (config.attack.eps and
                                  config.train.attack_steps / attack_step_size)
   ntk_trace                      Tr Θ / n over the n × K outputs of n examples
   ntk_eig{1,2,...}               top eigenvalues of that [nK, nK] NTK Gram matrix
-Each quantity is fitted as log(value) = slope · log(width) + c over every (width, seed) point,
-with a Student-t confidence interval on the slope (`ntk.fit_power_law`).
+Each quantity is fitted as log(value) = slope · log(width) + c over every (width, seed) point
+of one (phase, training method, family, parameterization), with a Student-t confidence interval
+on the slope (`ntk.fit_power_law`).
 
 Workdir: measurements.jsonl (one record per model), fits.jsonl (one per fitted slope),
 implementations.jsonl (time and memory of each NTK implementation), report.md, plots/*.png
-and trained/<run>/ (the training runs, reused when finished).
+and trained/<method>_<family>_<parameterization>_w<width>/ (the training runs, reused when
+finished).
 """
+import itertools
 import json
 import os
 import time
@@ -26,7 +30,8 @@ import matplotlib
 import ml_collections
 import numpy as np
 
-from robustwidth import data, evaluation, ntk, train
+from robustwidth import config as config_lib
+from robustwidth import data, evaluation, ntk, steps, train
 from robustwidth.models import PARAMETERIZATIONS, create_model, functional
 
 matplotlib.use("Agg")
@@ -59,6 +64,10 @@ def _check(config: ml_collections.ConfigDict) -> None:
     if parameterization not in PARAMETERIZATIONS:
       raise ValueError(f"config.ntk_width parameterization {parameterization!r} is unknown; "
                        f"use {PARAMETERIZATIONS}.")
+  for method in study.trained_methods:
+    if method not in steps.METHODS:
+      raise ValueError(f"config.ntk_width.trained_methods has {method!r}; use methods of "
+                       f"{steps.METHODS}.")
   if study.implementation not in ntk.IMPLEMENTATIONS:
     raise ValueError(f"config.ntk_width.implementation must be one of {ntk.IMPLEMENTATIONS}.")
 
@@ -140,7 +149,7 @@ def _init_records(config, split, log) -> list[dict]:
         values = jax.device_get(measure(_stack([s[1] for s in splits]),
                                         _stack([s[2] for s in splits]), x, y, x_kernel, keys))
         for i, seed in enumerate(seeds):
-          records.append({"phase": "init", "family": family,
+          records.append({"phase": "init", "method": None, "family": family,
                           "parameterization": parameterization, "width": width, "seed": seed,
                           "params": functional.count_params(splits[i][1]),
                           **{name: None for name in quantities(study)},
@@ -150,61 +159,74 @@ def _init_records(config, split, log) -> list[dict]:
   return records
 
 
-def _train_config(config, family: str, width: int, parameterization: str):
+def _train_config(config, method: str, family: str, width: int, parameterization: str):
   settings = config.ntk_width[family]
   run = ml_collections.ConfigDict(config.to_dict())
   del run["ntk_width"]
   run.job = "train"
+  run.train.method = method
   run.model.family, run.model.width = family, width
   run.model.depth, run.model.base_channels = settings.depth, settings.base_channels
   run.model.parameterization = parameterization
+  if parameterization == "ntk":
+    run.train.lr = config.ntk_width.ntk_lr
   return run
 
 
 def _trained_records(config, split, workdir, log) -> list[dict]:
-  """Trains one run per (family, parameterization, width) with config.train, then measures
+  """Trains one run per (method, family, parameterization, width) with config.train, its
+  method replaced (and under NTK parameterization its lr, by ntk_width.ntk_lr), then measures
   its best checkpoint."""
   study = config.ntk_width
   x, y, x_kernel = _examples(config, split)
   records = []
-  for family in study.trained_families:
+  for method, family in itertools.product(study.trained_methods, study.trained_families):
     for parameterization in study.trained_parameterizations:
       for width in study[family].widths:
         start = time.time()
-        run_dir = os.path.join(workdir, "trained", f"{family}_{parameterization}_w{width}")
+        run_dir = os.path.join(workdir, "trained",
+                               f"{method}_{family}_{parameterization}_w{width}")
         record = train.train_and_evaluate(
-            _train_config(config, family, width, parameterization), run_dir)
+            _train_config(config, method, family, width, parameterization), run_dir)
         graphdef, params, model_state, _ = evaluation.restore_model(run_dir, "best")
         params, model_state = jax.device_get((params, model_state))
         measure = jax.jit(_measure_fn(graphdef, config, True), compiler_options=_FAST_COMPILE)
         values = jax.device_get(measure(
             params, model_state, x, y, x_kernel, jax.random.PRNGKey(config.seed)))
-        records.append({"phase": "trained", "family": family,
+        records.append({"phase": "trained", "method": method, "family": family,
                         "parameterization": parameterization, "width": width,
                         "seed": config.seed, "params": functional.count_params(params),
+                        "train_accuracy": record["train_accuracy"],
                         "natural_accuracy": record["natural_accuracy"],
                         "robust_accuracy": record["robust_accuracy"],
                         **{k: float(v) for k, v in values.items()}})
-        log(f"trained {family} {parameterization} width {width}: natural accuracy "
+        log(f"trained {method} {family} {parameterization} width {width}: natural accuracy "
             f"{record['natural_accuracy']:.3f} ({time.time() - start:.1f} s)")
   return records
 
 
+def _setting(record) -> tuple:
+  """What one fit pools over seeds and widths: (phase, method, family, parameterization)."""
+  return record["phase"], record["method"], record["family"], record["parameterization"]
+
+
+def _settings(records) -> list[tuple]:
+  return sorted({_setting(r) for r in records},
+                key=lambda k: (PHASES.index(k[0]), k[1] or "", k[2], k[3]))
+
+
 def _fits(records, study) -> list[dict]:
   fits = []
-  keys = sorted({(r["phase"], r["family"], r["parameterization"]) for r in records},
-                key=lambda k: (PHASES.index(k[0]), k[1], k[2]))
-  for phase, family, parameterization in keys:
-    rows = [r for r in records if (r["phase"], r["family"], r["parameterization"])
-            == (phase, family, parameterization)]
+  for phase, method, family, parameterization in _settings(records):
+    rows = [r for r in records if _setting(r) == (phase, method, family, parameterization)]
     for quantity in quantities(study):
       rows_with = [r for r in rows if r[quantity] is not None]
       if not rows_with:
         continue
       widths = np.array([r["width"] for r in rows_with], float)
       values = np.array([r[quantity] for r in rows_with], float)
-      base = {"phase": phase, "family": family, "parameterization": parameterization,
-              "quantity": quantity}
+      base = {"phase": phase, "method": method, "family": family,
+              "parameterization": parameterization, "quantity": quantity}
       usable = np.isfinite(values) & (values > 0)
       if usable.sum() < 3 or np.unique(widths[usable]).size < 2:
         fits.append({**base, "slope": None, "num_points": int(usable.sum()),
@@ -254,20 +276,20 @@ def _write_jsonl(path: str, records: list[dict]) -> None:
 
 
 def _plot(records, fits, study, workdir) -> list[str]:
-  """One figure per (phase, family): each quantity against width, log-log, mean ± std over
-  seeds per parameterization, with the fitted power law dashed."""
+  """One figure per (phase, training method, family): each quantity against width, log-log,
+  mean ± std over seeds per parameterization, with the fitted power law dashed."""
   os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
   names, paths = quantities(study), []
-  for phase in PHASES:
-    for family in sorted({r["family"] for r in records if r["phase"] == phase}):
+  for phase, method in dict.fromkeys(k[:2] for k in _settings(records)):
+    for family in sorted({r["family"] for r in records if _setting(r)[:2] == (phase, method)}):
       columns = 5
       rows_count = -(-len(names) // columns)
       figure, axes = plt.subplots(rows_count, columns, figsize=(3.2 * columns, 2.8 * rows_count),
                                   squeeze=False)
       for axis, quantity in zip(axes.flat, names):
         for parameterization in study.parameterizations:
-          rows = [r for r in records if (r["phase"], r["family"], r["parameterization"])
-                  == (phase, family, parameterization) and r[quantity] is not None]
+          rows = [r for r in records if _setting(r) == (phase, method, family, parameterization)
+                  and r[quantity] is not None]
           if not rows:
             continue
           widths = sorted({r["width"] for r in rows})
@@ -276,9 +298,8 @@ def _plot(records, fits, study, workdir) -> list[str]:
           spreads = [np.std(v) for v in by_width]
           line = axis.errorbar(widths, means, yerr=spreads, marker="o", capsize=3,
                                label=parameterization)
-          fit = next((x for x in fits if (x["phase"], x["family"], x["parameterization"],
-                                          x["quantity"]) ==
-                      (phase, family, parameterization, quantity)), None)
+          fit = next((x for x in fits if (*_setting(x), x["quantity"]) ==
+                      (phase, method, family, parameterization, quantity)), None)
           if fit and fit["slope"] is not None:
             grid = np.geomspace(min(widths), max(widths), 20)
             axis.plot(grid, np.exp(fit["intercept"]) * grid ** fit["slope"], "--",
@@ -290,9 +311,10 @@ def _plot(records, fits, study, workdir) -> list[str]:
       for axis in list(axes.flat)[len(names):]:
         axis.axis("off")
       axes.flat[names.index("ntk_trace")].legend(fontsize=8)
-      figure.suptitle(f"{family}, {phase}")
+      name = phase if method is None else f"{phase}_{method}"
+      figure.suptitle(f"{family}, {name.replace('_', ' ')}")
       figure.tight_layout()
-      path = os.path.join("plots", f"{family}_{phase}.png")
+      path = os.path.join("plots", f"{family}_{name}.png")
       figure.savefig(os.path.join(workdir, path), dpi=90)
       plt.close(figure)
       paths.append(path)
@@ -327,29 +349,40 @@ def _report(config, records, fits, implementations, plots, wall_s) -> str:
               f"(models/layers.py), so the gradient norms and the probe are measured once, "
               f"under {first}, and hold for all (\"= {first}\"); the NTK differs and is "
               "measured under each.", ""]
-  if study.trained_families:
-    lines += [f"After training: {config.train.method} training, {config.train.epochs} epochs, "
-              f"lr {config.train.lr} ({config.train.schedule}), batch "
-              f"{config.train.batch_size}, one run per width, measured at the checkpoint with "
-              "the best PGD robust accuracy (natural accuracy per run in measurements.jsonl).",
-              ""]
-  index = {(f["phase"], f["family"], f["parameterization"], f["quantity"]): f for f in fits}
-  columns = [(phase, parameterization) for phase in PHASES
+  if study.trained_families and study.trained_methods:
+    described = []
+    for method in study.trained_methods:
+      run = _train_config(config, method, study.trained_families[0], 1, first)
+      described.append(method if method == "standard" else
+                       f"{method} (β = {config_lib.beta(run):g}, {run.train.attack_steps} "
+                       f"inner steps of {run.train.attack_step_size})")
+    examples = config.data.train_examples or "all"
+    lines += [f"After training: {' and '.join(described)} training on {examples} training "
+              f"examples, {config.train.epochs} epochs, lr {config.train.lr} (NTK "
+              f"parameterization: {study.ntk_lr}; {config.train.schedule}), batch "
+              f"{config.train.batch_size}, one run per method, parameterization and width, "
+              "measured at the checkpoint with the best PGD robust accuracy (columns named by "
+              "the training method; accuracies under Trained runs).", ""]
+  index = {(*_setting(f), f["quantity"]): f for f in fits}
+  fitted = {(f["phase"], f["method"], f["parameterization"]) for f in fits}
+  columns = [(phase, method, parameterization)
+             for phase, method in dict.fromkeys(k[:2] for k in _settings(fits))
              for parameterization in study.parameterizations
-             if any(f["phase"] == phase and f["parameterization"] == parameterization
-                    for f in fits)]
+             if (phase, method, parameterization) in fitted]
   for family in dict.fromkeys(r["family"] for r in records):
     widths = sorted({r["width"] for r in records if r["family"] == family})
-    lines += [f"## {family} (widths {widths})", "",
-              "| quantity | " + " | ".join(f"{p} {q}" for p, q in columns) + " |",
+    lines += [f"## {family} (widths {widths} × base_channels {study[family].base_channels}, "
+              f"depth {study[family].depth})", "",
+              "| quantity | " + " | ".join(
+                  f"{p} {q}" if m is None else f"{m}-trained {q}" for p, m, q in columns) + " |",
               "|---" * (len(columns) + 1) + "|"]
     for quantity in quantities(study):
       cells = []
-      for phase, parameterization in columns:
-        fit = index.get((phase, family, parameterization, quantity))
+      for phase, method, parameterization in columns:
+        fit = index.get((phase, method, family, parameterization, quantity))
         if fit is None:
           measured_once = (phase == "init" and parameterization != first
-                           and (phase, family, first, quantity) in index)
+                           and (phase, method, family, first, quantity) in index)
           cells.append(f"= {first}" if measured_once else "—")
         else:
           cells.append(_format_fit(fit))
@@ -357,10 +390,11 @@ def _report(config, records, fits, implementations, plots, wall_s) -> str:
     lines.append("")
   trained = [r for r in records if r["phase"] == "trained"]
   if trained:
-    lines += ["## Trained runs", "", "| family | parameterization | width | natural acc | "
-              "robust acc (PGD) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['family']} | {r['parameterization']} | {r['width']} | "
-              f"{r['natural_accuracy']:.1%} | {r['robust_accuracy']:.1%} |" for r in trained]
+    lines += ["## Trained runs", "", "| method | family | parameterization | width | train acc | "
+              "natural acc | robust acc (PGD) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['family']} | {r['parameterization']} | {r['width']} | "
+              f"{r['train_accuracy']:.1%} | {r['natural_accuracy']:.1%} | "
+              f"{r['robust_accuracy']:.1%} |" for r in trained]
     lines.append("")
   if implementations:
     lines += ["## NTK implementations", "",

@@ -2,13 +2,13 @@
 
 Writes `results.jsonl` (one record per run), `records/<run>.json` (RobustBench-style),
 PNG plots against width and `report.md`: a plain verdict on the paper's claim (at fixed β, does
-natural accuracy rise and stability fall with width? does WAR help the wide nets?), tables by
-width (mean ± standard error over seeds), the best fixed β per width against each WAR rule's β,
-the paper's three claims as tests (a slope on log width and Welch t-tests over seeds, each with
-its standard error, p-value and the effect it can detect), training accuracy at the end of
-training and over its last quarter, and the tuning cost WAR saves. In the verdict a difference
-is called significant when it exceeds twice its standard error (over seeds, and never below
-the binomial error of the test set).
+natural accuracy rise and stability fall with width, by more than stability's spread over
+seeds? does WAR help the wide nets?), tables by width (mean ± standard error over seeds), the
+best fixed β per width against each WAR rule's β, the paper's three claims as tests (a slope on
+log width and Welch t-tests over seeds, each with its standard error, p-value and the effect it
+can detect), training accuracy at the end of training and over its last quarter, and the tuning
+cost WAR saves. In the verdict a difference is called significant when it exceeds twice its
+standard error (over seeds, and never below the binomial error of the test set).
 """
 import collections
 import glob
@@ -142,6 +142,20 @@ def _trend(rows: dict, key: str) -> str:
           f"width {widths[-1]})")
 
 
+def spread_against_effect(group: str, rows: dict) -> str:
+  """Stability's spread over seeds and a run's binomial test-set error, each at its largest
+  over the widths, against how far the widths move mean stability: an effect well above both
+  is not noise."""
+  stability = [row["perturbation_stability"] for row in rows.values()]
+  count = next(iter(rows.values()))["runs"][0]["count"]
+  binomial = max(math.sqrt(s.mean * (1 - s.mean) / count) for s in stability)
+  means = [s.mean for s in stability]
+  return (f"- At {group}, stability's spread over seeds (standard deviation) is at most "
+          f"{max(s.std for s in stability):.2%} at any width and one run's binomial error on "
+          f"the {count:,} test examples at most {binomial:.2%}; the widths move mean stability "
+          f"by up to {max(means) - min(means):.2%}.")
+
+
 def verdict(table: dict) -> list[str]:
   lines = []
   fixed = {g: rows for g, rows in table.items() if g.startswith("fixed")}
@@ -157,6 +171,7 @@ def verdict(table: dict) -> list[str]:
     lines.append(f"- At {group}: natural accuracy {_trend(rows, 'natural_accuracy')}; "
                  f"stability {_trend(rows, 'perturbation_stability')}; robust accuracy "
                  f"{_trend(rows, 'robust_accuracy')}. {claim}.")
+    lines.append(spread_against_effect(group, rows))
   for group, rows in table.items():
     if group.startswith("fixed"):
       continue
@@ -338,7 +353,7 @@ def claim_tests(table: dict) -> list[str]:
                            _values(fixed[low], widest, "perturbation_stability"), "greater")
     slopes = [slope_test(*_points(fixed[b], "perturbation_stability"), "two-sided")
               for b in (high, low)]
-    lines += [f"| comparison | " + " | ".join(head) + " | verdict |", "|---" * 6 + "|",
+    lines += ["| comparison | " + " | ".join(head) + " | verdict |", "|---" * 6 + "|",
               f"| stability at β = {high:g} − at β = {low:g} (Welch, > 0) | " +
               " | ".join(_test_cells(test, 100)) + f" | {_supported(test)} |"]
     if all(slopes):
