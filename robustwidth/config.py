@@ -346,8 +346,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
       _fail(key, given[key], "each value may appear once (a repeated one would run twice)")
   adaptive_from_run = (config.war.rule == "adaptive" and config.war.reference_ratio == 0
                        and config.war.reference_run)
+  from robustwidth import experiment  # It builds objects from configs, so it imports this.
   try:  # A ratio still to be read from the reference run is checked when it is read.
-    war_rule(config, reference_ratio=1.0 if adaptive_from_run else None)
+    experiment.war_rule(config, reference_ratio=1.0 if adaptive_from_run else None)
   except ValueError as error:
     raise ConfigError(f"config.war: {error}") from None
 
@@ -369,13 +370,3 @@ def attack_init(config: ml_collections.ConfigDict) -> str:
   if config.train.attack_init is None:
     return steps.reference_attack_init(config.train.method)
   return config.train.attack_init
-
-
-def war_rule(config: ml_collections.ConfigDict, reference_ratio: float | None = None
-             ) -> war.Rule:
-  """The λ rule of one run; `reference_ratio` overrides config.war.reference_ratio."""
-  ratio = config.war.reference_ratio if reference_ratio is None else reference_ratio
-  return war.Rule(name=config.war.rule, beta0=beta(config),
-                  width=config.model.width, reference_width=config.war.reference_width,
-                  gamma=config.war.gamma, reference_ratio=ratio,
-                  beta_max=config.war.beta_max, ema_decay=config.war.ema_decay)

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from robustwidth import config as config_lib
-from robustwidth import data, models, optim, steps
+from robustwidth import data, models, optim, steps, war
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +87,16 @@ def optimizer(config: ml_collections.ConfigDict, spec: RunSpec
                    weight_decay=config.train.weight_decay)
 
 
+def war_rule(config: ml_collections.ConfigDict, reference_ratio: float | None = None
+             ) -> war.Rule:
+  """The λ rule of one run; `reference_ratio` overrides config.war.reference_ratio."""
+  ratio = config.war.reference_ratio if reference_ratio is None else reference_ratio
+  return war.Rule(name=config.war.rule, beta0=config_lib.beta(config),
+                  width=config.model.width, reference_width=config.war.reference_width,
+                  gamma=config.war.gamma, reference_ratio=ratio,
+                  beta_max=config.war.beta_max, ema_decay=config.war.ema_decay)
+
+
 def train_settings(config: ml_collections.ConfigDict, spec: RunSpec) -> steps.TrainSettings:
   attack = None
   if config.train.method != "standard":
@@ -97,7 +107,7 @@ def train_settings(config: ml_collections.ConfigDict, spec: RunSpec) -> steps.Tr
         init=config_lib.attack_init(config))
   return steps.TrainSettings(
       method=config.train.method, attack=attack,
-      rule=config_lib.war_rule(config, spec.reference_ratio),
+      rule=war_rule(config, spec.reference_ratio),
       stop_gradient_target=config.train.stop_gradient_target,
       pgd_at_form=config.train.pgd_at_form,
       batch_norm_updates=tuple(config.train.batch_norm_updates) or None,

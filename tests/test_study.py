@@ -15,7 +15,7 @@ from scipy import stats
 
 from configs import default, fashion_width_study, smoke, width_study
 from robustwidth import config as config_lib
-from robustwidth import data, train
+from robustwidth import data, experiment, train
 from robustwidth.checkpoint import CheckpointError
 from robustwidth.studies import cost, ntk_width, report, sweep, width
 from tests import helpers
@@ -182,7 +182,7 @@ def test_cifar_study_config_describes_the_paper_grid():
   assert widths == [1, 5, 10, 15, 20]
   assert {run.model.depth for _, run in runs} == {34}
   static = [run for _, run in runs if run.war.rule == "static"]
-  assert [round(config_lib.war_rule(r).initial_beta(), 1) for r in static] == [
+  assert [round(experiment.war_rule(r).initial_beta(), 1) for r in static] == [
       13.4, 19.0, 23.2, 26.8]
 
 
