@@ -60,15 +60,16 @@ def pgd_evaluation(eval_step, state, test_split: data.Split, config: ml_collecti
   return {**metrics.fractions(totals), "lipschitz_probe": lipschitz}
 
 
-def autoattack(graphdef, params, model_state, test_split: data.Split,
+def autoattack(graphdef, state: steps.TrainState, test_split: data.Split,
                config: ml_collections.ConfigDict, key: jax.Array) -> dict:
-  """AutoAttack (standard) over the first eval.autoattack_examples test points, as fractions
+  """AutoAttack (standard) over the first eval.autoattack_examples test points, of the weights
+  the PGD evaluation chose the best of (the moving average if the run keeps one), as fractions
   like the PGD evaluation's."""
   count = config.eval.autoattack_examples
   if count > len(test_split):
     raise ValueError(f"config.eval.autoattack_examples = {count} exceeds the "
                      f"{len(test_split)} test examples; lower it.")
-  params, model_state = jax.device_get((params, model_state))
+  params, model_state = jax.device_get((steps.evaluated_params(state), state.model_state))
   start = time.time()
   _, report = attacks.autoattack(
       models.partial_logits_fn(graphdef, params, model_state),

@@ -242,8 +242,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, record_path: str) ->
   record = _record(run, checkpoints, state, meta)
   if config.eval.autoattack_examples:
     best, _ = checkpoints.restore(checkpoints.best_step(), run.state, run.config_json)
-    record.update(evaluation.autoattack(run.graphdef, best.params, best.model_state,
-                                        run.test_split, config, run.eval_key))
+    record.update(evaluation.autoattack(run.graphdef, best, run.test_split, config,
+                                        run.eval_key))
   checkpoints.close()
   if jax.process_index() == 0:
     with open(record_path, "w") as f:

@@ -13,7 +13,7 @@ import pytest
 
 from configs import smoke
 from launch import evaluate
-from robustwidth import data, evaluation, metrics, train
+from robustwidth import data, evaluation, experiment, metrics, models, train
 from robustwidth.checkpoint import Checkpoints
 from tests import helpers
 
@@ -25,6 +25,26 @@ def run_dir(tmp_path_factory):
   config.eval.every_epochs = 1
   train.train_and_evaluate(config, str(workdir))
   return workdir
+
+
+@pytest.mark.filterwarnings("ignore:100.0% of the correctly classified")  # zero weights: no gradient
+def test_autoattack_at_the_end_of_a_run_attacks_the_weights_it_evaluated():
+  # With a weight average the evaluated weights are the average: here all zero, a constant
+  # classifier (every logit 0, argmax class 0), which no attack moves.
+  config = smoke.get_config()
+  config.model.family, config.model.depth, config.train.ema_decay = "mlp", 1, 0.9
+  config.eval.autoattack_examples = 80
+  spec = experiment.spec_from_info(config)
+  _, params, model_state = models.split(experiment.create_model(config, (8, 8, 1), 10))
+  state = experiment.train_state(config, spec, params, model_state)
+  state = state.replace(ema_params=jax.tree.map(np.zeros_like, state.params))
+  test = data.load("digits", "test")
+  result = evaluation.autoattack(experiment.abstract_model(config, spec)[0], state, test, config,
+                                 jax.random.key(0))
+  share_of_class_0 = float(np.mean(test.labels[:80] == 0))
+  assert share_of_class_0 > 0
+  assert result["autoattack_natural_accuracy"] == share_of_class_0
+  assert result["autoattack_accuracy"] == share_of_class_0
 
 
 def test_record_has_the_robustbench_fields(run_dir):
