@@ -11,10 +11,11 @@ import math
 
 import ml_collections
 
-from robustwidth import attacks, data, losses, optim, steps, war
+from robustwidth import attacks, data, losses, ntk, optim, steps, war
 from robustwidth.models import CNN_HEADS, FAMILIES, PARAMETERIZATIONS
 
 JOBS = ("train", "width_study", "ntk_width")
+NTK_FAMILIES = ("mlp", "cnn", "wide_resnet")  # the families config.ntk_width has settings for
 DTYPES = ("float32", "bfloat16")
 
 
@@ -344,6 +345,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
             f" >= {low}")
     if len(set(values)) != len(values):
       _fail(key, given[key], "each value may appear once (a repeated one would run twice)")
+  _validate_ntk_width(config.ntk_width)
   adaptive_from_run = (config.war.rule == "adaptive" and config.war.reference_ratio == 0
                        and config.war.reference_run)
   from robustwidth import experiment  # It builds objects from configs, so it imports this.
@@ -351,6 +353,27 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     experiment.war_rule(config, reference_ratio=1.0 if adaptive_from_run else None)
   except ValueError as error:
     raise ConfigError(f"config.war: {error}") from None
+
+
+def _validate_ntk_width(study: ml_collections.ConfigDict) -> None:
+  """The NTK width study's settings (config.ntk_width)."""
+  for key in ("families", "trained_families"):
+    if not set(study[key]) <= set(NTK_FAMILIES):
+      _fail(f"ntk_width.{key}", study[key], f"use families of {NTK_FAMILIES}")
+  for family in set(study.families) | set(study.trained_families):
+    widths = tuple(study[family].widths)
+    if len(set(widths)) < 2 or min(widths) < 1:
+      _fail(f"ntk_width.{family}.widths", widths,
+            "a slope needs two or more distinct widths >= 1")
+  if study.init_seeds < 2 and len(study.families):
+    _fail("ntk_width.init_seeds", study.init_seeds, "a spread over seeds needs >= 2")
+  for key in ("parameterizations", "trained_parameterizations"):
+    if not set(study[key]) <= set(PARAMETERIZATIONS):
+      _fail(f"ntk_width.{key}", study[key], f"use values of {PARAMETERIZATIONS}")
+  if not set(study.trained_methods) <= set(steps.METHODS):
+    _fail("ntk_width.trained_methods", study.trained_methods, f"use methods of {steps.METHODS}")
+  if study.implementation not in ntk.IMPLEMENTATIONS:
+    _fail("ntk_width.implementation", study.implementation, f"use one of {ntk.IMPLEMENTATIONS}")
 
 
 def eval_padded_batch(config: ml_collections.ConfigDict, device_count: int) -> int:
