@@ -17,7 +17,7 @@ from configs import default, fashion_width_study, smoke, width_study
 from robustwidth import config as config_lib
 from robustwidth import data, train
 from robustwidth.checkpoint import CheckpointError
-from robustwidth.studies import aggregate, cost, judge, ntk_width, report, sweep, width
+from robustwidth.studies import aggregate, cost, judge, ntk_measure, report, sweep, width
 from tests import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def test_every_shipped_config_validates_on_1_8_and_16_devices(name, devices):
   elif config.job == "ntk_width":
     for method, family in itertools.product(config.ntk_width.trained_methods,
                                             config.ntk_width.trained_families):
-      config_lib.validate(ntk_width._train_config(config, method, family, 1, "standard"),
+      config_lib.validate(ntk_measure.train_config(config, method, family, 1, "standard"),
                           devices)
   else:
     config_lib.validate(config, devices)
