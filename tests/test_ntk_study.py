@@ -10,7 +10,7 @@ from configs import ntk_width as ntk_width_config
 from robustwidth import config as config_lib
 from robustwidth import data, evaluation, ntk
 from robustwidth.models import create_model, functional, model_logits_fn
-from robustwidth.studies import ntk_width
+from robustwidth.studies import ntk_fit, ntk_measure, ntk_width
 
 
 def _tiny_config():
@@ -42,7 +42,7 @@ def test_config_reaches_4096_units_in_the_two_layer_net_under_trades(dataset):
   assert set(study.trained_methods) == {"standard", "trades"}
   assert set(study.trained_parameterizations) == {"standard", "ntk"}
   for method in study.trained_methods:  # each training run is a valid, distinct run
-    runs = {p: ntk_width._train_config(config, method, "mlp", 256, p)
+    runs = {p: ntk_measure.train_config(config, method, "mlp", 256, p)
             for p in study.trained_parameterizations}
     for run in runs.values():
       config_lib.validate(run)
@@ -67,6 +67,27 @@ def test_parameterizations_compute_the_same_function_at_initialization(family):
   np.testing.assert_allclose(norms[0], norms[1], rtol=1e-5)
 
 
+def test_fits_pool_each_setting_over_its_widths_and_seeds():
+  study = _tiny_config().ntk_width
+  blank = dict.fromkeys(ntk_measure.quantities(study))
+  record = lambda phase, method, width, trace: {
+      **blank, "phase": phase, "method": method, "family": "mlp", "parameterization": "ntk",
+      "width": width, "ntk_trace": trace}
+  # Trace 2·√width, 10% higher at seed 1 at every width: the slope stays 1/2 exactly.
+  records = [record("trained", "standard", 1, 1.0), record("trained", "standard", 4, 2.0)]
+  records += [record("init", None, w, 2 * w ** 0.5 * 1.1 ** seed)
+              for w in (1, 4, 16) for seed in (0, 1)]
+  records.append(record("init", None, 16, 0.0))  # not positive: left out of the fit
+  fits = ntk_fit.fits(records, study)
+  assert [(f["phase"], f["quantity"]) for f in fits] == [("init", "ntk_trace"),
+                                                         ("trained", "ntk_trace")]
+  assert fits[0]["slope"] == pytest.approx(0.5)
+  assert fits[0]["intercept"] == pytest.approx(np.log(2) + 0.5 * np.log(1.1))
+  assert (fits[0]["num_points"], fits[0]["dropped"]) == (6, 1)
+  assert fits[1]["slope"] is None and fits[1]["num_points"] == 2  # one point per width
+  assert ntk_fit.setting(fits[1]) == ntk_fit.Setting("trained", "standard", "mlp", "ntk")
+
+
 def test_tiny_study_writes_report_fits_and_plots(tmp_path):
   workdir = str(tmp_path)
   ntk_width.run(_tiny_config(), workdir)
@@ -86,7 +107,7 @@ def test_tiny_study_writes_report_fits_and_plots(tmp_path):
   # A fit of every quantity per training method; 2 widths × 1 seed are too few for a slope.
   for method in ("standard", "trades"):
     method_fits = [f for f in fits if f["method"] == method]
-    assert len(method_fits) == len(ntk_width.quantities(_tiny_config().ntk_width))
+    assert len(method_fits) == len(ntk_measure.quantities(_tiny_config().ntk_width))
     assert all(f["slope"] is None and f["num_points"] == 2 for f in method_fits)
   report = open(os.path.join(workdir, "report.md")).read()
   assert "| ntk_trace |" in report and "## NTK implementations" in report

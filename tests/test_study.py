@@ -17,7 +17,7 @@ from configs import default, fashion_width_study, smoke, width_study
 from robustwidth import config as config_lib
 from robustwidth import data, experiment, train
 from robustwidth.checkpoint import CheckpointError
-from robustwidth.studies import cost, ntk_width, report, sweep, width
+from robustwidth.studies import aggregate, cost, judge, ntk_measure, report, sweep, width
 from tests import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -118,6 +118,43 @@ def test_report_tables_verdict_and_records(study_dir):
 def test_report_without_runs_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match="run the study first"):
     report.write(str(tmp_path))
+
+
+def _run(rule, beta, width, stability, lipschitz=1.0, gamma=0.5):
+  return {"width": width, "params": 10 * width, "count": 100,
+          "perturbation_stability": stability, "lipschitz_probe": lipschitz,
+          "config": {"war": {"rule": rule, "gamma": gamma}, "train": {"beta": beta}}}
+
+
+def test_runs_group_by_rule_and_beta_listed_in_numeric_order():
+  # Sorted by their labels, "fixed β = 12" came before "fixed β = 3".
+  records = [_run("static", 3.0, 2, 0.5), _run("fixed", 12.0, 1, 0.9),
+             _run("fixed", 3.0, 2, 0.7), _run("fixed", 3.0, 1, 0.80, lipschitz=4.0),
+             _run("fixed", 3.0, 1, 0.84, lipschitz=6.0), _run("adaptive", 3.0, 2, 0.6, gamma=9.0)]
+  table = aggregate.aggregate(records)
+  key = aggregate.GroupKey
+  assert list(table) == [key("fixed", 3.0), key("fixed", 12.0), key("adaptive", 3.0),
+                         key("static", 3.0, 0.5)]  # γ belongs to the static rule only
+  assert list(table[key("fixed", 3.0)]) == [1, 2]
+  row = table[key("fixed", 3.0)][1]
+  stability = row.stat("perturbation_stability")
+  # (0.80, 0.84): SD 0.02·√2, SE 0.02, below the binomial error √(0.82 · 0.18 / 200).
+  assert row.seeds == 2 and row.params == 10 and stability.mean == pytest.approx(0.82)
+  assert stability.std == pytest.approx(0.028284, rel=1e-4)
+  assert stability.se == pytest.approx(0.02)
+  assert stability.error == pytest.approx(0.027166, rel=1e-4)
+  lipschitz = row.stat("lipschitz_probe")  # not a fraction: no binomial floor
+  assert (lipschitz.mean, lipschitz.error) == pytest.approx((5.0, 1.0))
+  assert list(aggregate.fixed(table)) == [3.0, 12.0]
+  assert aggregate.points(table[key("fixed", 3.0)], "perturbation_stability") == (
+      [1, 1, 2], [0.80, 0.84, 0.7])
+
+
+def test_late_change_spans_the_last_quarter_of_the_epochs():
+  curve = {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8, 5: 0.85, 6: 0.9, 7: 0.92, 8: 0.95}
+  assert aggregate.late_change(curve) == pytest.approx(0.95 - 0.9)  # epochs 6 → 8
+  assert aggregate.late_change({1: 0.5, 2: 0.7, 3: 0.8}) == pytest.approx(0.1)  # at least one
+  assert aggregate.late_change({1: 0.5}) is None and aggregate.late_change({}) is None
 
 
 def _split(n, labels, fill):
@@ -256,7 +293,7 @@ def test_every_shipped_config_validates_on_1_8_and_16_devices(name, devices):
   elif config.job == "ntk_width":
     for method, family in itertools.product(config.ntk_width.trained_methods,
                                             config.ntk_width.trained_families):
-      config_lib.validate(ntk_width._train_config(config, method, family, 1, "standard"),
+      config_lib.validate(ntk_measure.train_config(config, method, family, 1, "standard"),
                           devices)
   else:
     config_lib.validate(config, devices)
@@ -295,7 +332,7 @@ def test_slope_and_difference_tests_match_their_closed_forms():
   slope, intercept = np.polyfit(x, values, 1)
   residual = values - (slope * x + intercept)
   se = np.sqrt(np.sum(residual ** 2) / 7 / np.sum((x - x.mean()) ** 2))
-  test = report.slope_test(widths, values, "less")
+  test = judge.slope_test(widths, values, "less")
   assert test["estimate"] == pytest.approx(slope) and test["se"] == pytest.approx(se)
   assert test["df"] == 7 and test["p"] == pytest.approx(stats.t.cdf(slope / se, 7))
   assert test["low"] < slope < test["high"] < 0
@@ -304,13 +341,13 @@ def test_slope_and_difference_tests_match_their_closed_forms():
   va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 4
   t = (a.mean() - b.mean()) / np.sqrt(va + vb)
   df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)  # Welch–Satterthwaite
-  welch = report.difference_test(a, b, "greater")
+  welch = judge.difference_test(a, b, "greater")
   assert welch["t"] == pytest.approx(t) and welch["df"] == pytest.approx(df)
   assert welch["p"] == pytest.approx(stats.t.sf(t, df))
   # An effect of `detectable` is found with about 80% power (noncentral t).
   power = stats.nct.sf(stats.t.ppf(0.95, df), df, welch["detectable"] / welch["se"])
   assert power == pytest.approx(0.8, abs=0.01)
-  assert report.difference_test(a[:1], b, "greater") is None
+  assert judge.difference_test(a[:1], b, "greater") is None
 
 
 def _tiny_fashion_study(data_dir):
