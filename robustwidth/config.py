@@ -345,7 +345,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
             f" >= {low}")
     if len(set(values)) != len(values):
       _fail(key, given[key], "each value may appear once (a repeated one would run twice)")
-  _validate_ntk_width(config.ntk_width)
+  if "ntk_width" in config:  # a run's own config may leave it out: its defaults are valid
+    _validate_ntk_width(config.ntk_width)
   adaptive_from_run = (config.war.rule == "adaptive" and config.war.reference_ratio == 0
                        and config.war.reference_run)
   from robustwidth import experiment  # It builds objects from configs, so it imports this.

@@ -198,17 +198,27 @@ def test_extra_data_file_is_checked_and_wired_into_the_run(tmp_path):
     data.load_extra(str(tmp_path / "missing.npz"), digits)
 
 
-def test_cost_estimates_scale_with_the_run():
+def test_cost_estimates_match_a_hand_count_of_an_mlps_matrix_products():
+  # A 256-unit MLP on 8×8 digits, batch B: a forward pass is F = 2·B·(64·256 + 256·10) FLOPs
+  # of matrix products; a backward pass to the input or to the weights costs F again, and the
+  # gradient at the hidden layer alone H = 2·B·256·10. XLA's count adds elementwise work (ReLU,
+  # softmax, projections, the SGD update): allowed up to 5%.
   config = smoke.get_config()
-  one = cost.run_flops(config)
-  config.train.epochs *= 3
-  three = cost.run_flops(config)
-  assert three["train_flops"] == pytest.approx(3 * one["train_flops"])
+  config.model.family, config.model.depth, config.model.base_channels = "mlp", 1, 256
+  batch, steps = config.train.batch_size, (1437 // 64) * config.train.epochs
+  forward, hidden = 2 * batch * (64 * 256 + 256 * 10), 2 * batch * 256 * 10
   config.train.method = "standard"
   standard = cost.run_flops(config)
-  # TRADES: 3 inner forward-backward passes plus two training passes; standard: one.
-  assert 3 < three["train_flops"] / standard["train_flops"] < 8
-  assert one["params"] == 1360
+  assert standard["params"] == 64 * 256 + 256 + 256 * 10 + 10
+  assert standard["train_flops"] == pytest.approx((2 * forward + hidden) * steps, rel=0.05)
+  # TRADES with K inner steps: the KL target's clean pass, K forward and input-backward
+  # passes, then the adversarial pass and the clean one (unless XLA reuses the target's) and
+  # both weight gradients.
+  config.train.method = "trades"
+  k = config.train.attack_steps
+  trades = cost.run_flops(config)["train_flops"] / steps
+  assert (2 * k + 4) * forward + 2 * hidden <= trades
+  assert trades <= ((2 * k + 5) * forward + 2 * hidden) * 1.05
 
 
 def test_cifar_study_config_describes_the_paper_grid():

@@ -14,7 +14,7 @@ Each quantity is fitted as log(value) = slope · log(width) + c over every (widt
 of one (phase, training method, family, parameterization), with a Student-t confidence interval
 on the slope (`ntk.fit_power_law`).
 
-This module checks the config and runs the study: `ntk_measure` measures (and trains the runs
+This module validates the config (`config.validate`) and runs the study: `ntk_measure` measures (and trains the runs
 it measures after training), `ntk_fit` fits, `ntk_render` plots and writes the report.
 
 Workdir: measurements.jsonl (one record per model), fits.jsonl (one per fitted slope),
@@ -29,34 +29,9 @@ import time
 import jax
 import ml_collections
 
-from robustwidth import data, ntk, steps
-from robustwidth.models import PARAMETERIZATIONS
+from robustwidth import config as config_lib
+from robustwidth import data
 from robustwidth.studies import ntk_fit, ntk_measure, ntk_render
-
-
-def _check(config: ml_collections.ConfigDict) -> None:
-  study = config.ntk_width
-  for family in tuple(study.families) + tuple(study.trained_families):
-    if family not in study:
-      raise ValueError(f"config.ntk_width.{family} is missing; each family in families and "
-                       "trained_families needs its widths, base_channels and depth.")
-    widths = tuple(study[family].widths)
-    if len(set(widths)) < 2 or min(widths) < 1:
-      raise ValueError(f"config.ntk_width.{family}.widths = {widths}: a slope needs two or "
-                       "more distinct widths >= 1.")
-  if study.init_seeds < 2 and len(study.families):
-    raise ValueError("config.ntk_width.init_seeds must be >= 2 for a spread over seeds.")
-  for parameterization in tuple(study.parameterizations) + tuple(
-      study.trained_parameterizations):
-    if parameterization not in PARAMETERIZATIONS:
-      raise ValueError(f"config.ntk_width parameterization {parameterization!r} is unknown; "
-                       f"use {PARAMETERIZATIONS}.")
-  for method in study.trained_methods:
-    if method not in steps.METHODS:
-      raise ValueError(f"config.ntk_width.trained_methods has {method!r}; use methods of "
-                       f"{steps.METHODS}.")
-  if study.implementation not in ntk.IMPLEMENTATIONS:
-    raise ValueError(f"config.ntk_width.implementation must be one of {ntk.IMPLEMENTATIONS}.")
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
@@ -67,7 +42,7 @@ def _write_jsonl(path: str, records: list[dict]) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Measures, fits and reports; see the module docstring for what goes where."""
-  _check(config)
+  config_lib.validate(config)
   study = config.ntk_width
   start = time.time()
   primary = jax.process_index() == 0
