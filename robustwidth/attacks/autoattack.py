@@ -23,8 +23,8 @@ index): an example's result does not depend on the batch size or on which exampl
 being attacked.
 
 Pass `logits_fn` as a `jax.tree_util.Partial` holding the weights (as
-`robustwidth.models.logits_fn` returns it): its arrays then enter the compiled attacks as inputs instead of constants, and
-models of one architecture share the compiled code.
+`robustwidth.models.logits_fn` returns it): its arrays then enter the compiled attacks as
+inputs instead of constants, and models of one architecture share the compiled code.
 
   logits_fn = models.logits_fn(graphdef, params, model_state)
   x_adv, report = attacks.autoattack(logits_fn, x, y, key=jax.random.key(0), eps=8 / 255)
