@@ -18,7 +18,6 @@ per-attack seconds, accuracy after each attack; `cold_s` is the first call, robu
 compilation included) and one comparing total wall time.
 """
 import argparse
-import functools
 import importlib
 import re
 import statistics
@@ -29,7 +28,6 @@ import jax
 import numpy as np
 import torch
 from flax import nnx
-from jax.tree_util import Partial
 
 from bench import harness
 from robustwidth import attacks, data, evaluation, experiment, interop, models
@@ -72,10 +70,6 @@ class ReferenceLog:
       name = after[1].lower()
       self.accuracy[name] = float(after[2]) / 100
       self.seconds[name], self._last = now - self._last, now
-
-
-def _eval_apply(graphdef, params, model_state, x):
-  return models.apply(graphdef, params, model_state, x, train=False)[0]
 
 
 def problem(args):
@@ -138,7 +132,7 @@ def main(argv=None):
   machine = harness.machine()
   # The standard version reads Square's budget from this module constant.
   importlib.import_module("robustwidth.attacks.autoattack").NUM_QUERIES = args.square_queries
-  logits_fn = Partial(functools.partial(_eval_apply, graphdef), params, model_state)
+  logits_fn = models.logits_fn(graphdef, params, model_state)
   key = jax.random.key(args.seed)
   runs = {"robustwidth": []}
 

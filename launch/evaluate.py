@@ -72,7 +72,7 @@ def evaluate(workdir: str, *, evaluations, n_examples=None, which="best", eps=No
   norm = config.attack.norm if norm is None else norm
   seed = config.seed if seed is None else seed
   x, y = _test_points(config.data.name, config.data.data_dir, n_examples)
-  logits_fn = models.partial_logits_fn(graphdef, params, model_state)
+  logits_fn = models.logits_fn(graphdef, params, model_state)
   summary = _run_evaluations(logits_fn, x, y, evaluations=evaluations, eps=eps, norm=norm,
                              key=jax.random.key(seed), batch_size=batch_size)
 
@@ -108,7 +108,7 @@ def evaluate_torch_checkpoint(path: str, *, arch: str, dataset: str, evaluations
   graphdef, params, model_state = models.split(model)
   eps = CHECKPOINT_EPS[norm] if eps is None else eps
   x, y = _test_points(dataset, data_dir, n_examples)
-  logits_fn = models.partial_logits_fn(graphdef, params, model_state)
+  logits_fn = models.logits_fn(graphdef, params, model_state)
   summary = _run_evaluations(logits_fn, x, y, evaluations=evaluations, eps=eps, norm=norm,
                              key=jax.random.key(seed), batch_size=batch_size)
   return dict(

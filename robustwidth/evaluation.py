@@ -7,7 +7,7 @@ A restore reads the run directory alone: its checkpoint holds the config and the
 weights come back on one device whatever mesh trained them.
 
   graphdef, params, model_state, config = evaluation.restore_model("runs/x")
-  logits_fn = models.partial_logits_fn(graphdef, params, model_state)
+  logits_fn = models.logits_fn(graphdef, params, model_state)
 """
 import json
 import os
@@ -72,7 +72,7 @@ def autoattack(graphdef, state: steps.TrainState, test_split: data.Split,
   params, model_state = jax.device_get((steps.evaluated_params(state), state.model_state))
   start = time.time()
   _, report = attacks.autoattack(
-      models.partial_logits_fn(graphdef, params, model_state),
+      models.logits_fn(graphdef, params, model_state),
       data.to_float(test_split.images[:count]), test_split.labels[:count],
       key=key, eps=config.attack.eps, norm=config.attack.norm,
       batch_size=config.eval.batch_size)

@@ -9,7 +9,7 @@ import pytest
 
 from configs import ntk_width as ntk_width_config
 from robustwidth import config as config_lib
-from robustwidth import data, evaluation, ntk
+from robustwidth import data, evaluation, lipschitz, ntk
 from robustwidth.models import create_model, functional, model_logits_fn
 from robustwidth.studies import ntk_fit, ntk_measure, ntk_width
 
@@ -62,7 +62,7 @@ def test_parameterizations_compute_the_same_function_at_initialization(family):
   """Why the study measures gradient norms at initialization under one parameterization."""
   x = data.to_float(data.load("digits", "test").images[:3])
   y = np.array([0, 1, 2], np.int32)
-  norms = [ntk.input_gradient_norm(model_logits_fn(create_model(
+  norms = [lipschitz.input_gradient_norm(model_logits_fn(create_model(
       family, width=1, num_classes=10, input_shape=(8, 8, 1), seed=3, depth=1,
       base_channels=2, parameterization=p)), x, y) for p in ("standard", "ntk")]
   np.testing.assert_allclose(norms[0], norms[1], rtol=1e-5)
@@ -125,8 +125,8 @@ def test_tiny_study_writes_report_fits_and_plots(tmp_path):
   graphdef, params, model_state, _ = evaluation.restore_model(run_dir, "best")
   x = data.to_float(data.load("digits", "test").images[:4])
   y = data.load("digits", "test").labels[:4]
-  norms = ntk.input_gradient_norm(functional.logits_fn(graphdef, params, model_state), x, y,
-                                  ord=1)
+  norms = lipschitz.input_gradient_norm(functional.logits_fn(graphdef, params, model_state), x,
+                                        y, ord=1)
   record = next(r for r in trained if (r["method"], r["width"]) == ("trades", 2))
   np.testing.assert_allclose(record["grad_ce_l1"], np.mean(norms), rtol=1e-4)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from robustwidth import data, evaluation, ntk, train
+from robustwidth import data, evaluation, lipschitz, ntk, train
 from robustwidth.models import create_model, functional
 
 _GRADIENTS = tuple((f"grad_{loss}_{name}", loss, order) for loss in ("ce", "margin")
@@ -42,9 +42,10 @@ def _measure_fn(graphdef, config, function_quantities: bool):
     result = {}
     if function_quantities:
       logits_fn = functional.logits_fn(graphdef, params, model_state)
-      result = {name: jnp.mean(ntk.input_gradient_norm(logits_fn, x, y, ord=order, loss=loss))
+      result = {name: jnp.mean(lipschitz.input_gradient_norm(logits_fn, x, y, ord=order,
+                                                             loss=loss))
                 for name, loss, order in _GRADIENTS}
-      result["lipschitz_probe"] = jnp.mean(ntk.lipschitz_attack_iterates(
+      result["lipschitz_probe"] = jnp.mean(lipschitz.lipschitz_attack_iterates(
           logits_fn, x, key=key, eps=config.attack.eps,
           step_size=config.train.attack_step_size, num_steps=config.train.attack_steps))
     f = lambda p, z: functional.apply(graphdef, p, model_state, z, train=False)[0]
