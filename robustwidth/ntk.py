@@ -18,7 +18,9 @@ neural-tangents divides by the traced axes' size. Divide by K to compare with it
   per_example = ntk.empirical_ntk(f, params, x1, diagonal_axes=(0,))   # Θ(x_i, x_i), [N1]
   ntk.fit_power_law(widths, traces)["slope"]
 
-Input-gradient norms and local Lipschitz estimates are in `robustwidth.lipschitz`.
+Input-gradient norms and local Lipschitz estimates are defined in `robustwidth.lipschitz`;
+`ntk.input_gradient_norm` is the same function under the name the functional contract made
+stable for users (README, "The pure API"), kept so their code does not break.
 """
 import functools
 import string
@@ -32,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from scipy import stats
 
 from robustwidth import validation
+from robustwidth.lipschitz import input_gradient_norm  # noqa: F401 (the stable public name)
 from robustwidth.models import functional
 
 IMPLEMENTATIONS = ("jacobian_contraction", "ntk_vector_products")
