@@ -18,7 +18,6 @@ per-attack seconds, accuracy after each attack; `cold_s` is the first call, robu
 compilation included) and one comparing total wall time.
 """
 import argparse
-import functools
 import importlib
 import re
 import statistics
@@ -29,10 +28,9 @@ import jax
 import numpy as np
 import torch
 from flax import nnx
-from jax.tree_util import Partial
 
 from bench import harness
-from robustwidth import attacks, data, interop, models, train
+from robustwidth import attacks, data, evaluation, experiment, interop, models
 
 BENCH = "autoattack"
 REFERENCE_URL = "git+https://github.com/fra31/auto-attack"
@@ -74,14 +72,10 @@ class ReferenceLog:
       self.seconds[name], self._last = now - self._last, now
 
 
-def _eval_apply(graphdef, params, model_state, x):
-  return models.apply(graphdef, params, model_state, x, train=False)[0]
-
-
 def problem(args):
   """(graphdef, params, model_state, config, x, y): the model and the examples to attack."""
   if args.workdir:
-    graphdef, params, model_state, config = train.restore_model(args.workdir, "best")
+    graphdef, params, model_state, config = evaluation.restore_model(args.workdir, "best")
     # The checkpoint comes back replicated over the trainer's mesh.
     params, model_state = jax.device_get((params, model_state))
     split = data.load("digits", "test")
@@ -89,7 +83,7 @@ def problem(args):
     return graphdef, params, model_state, config, x.astype(np.float32), y.astype(np.int32)
   config = harness.config_for(args)
   shape = (args.image_size, args.image_size, args.channels)
-  graphdef, params, model_state = models.split(train.build_model(config, shape, 10))
+  graphdef, params, model_state = models.split(experiment.create_model(config, shape, 10))
   x = np.random.default_rng(0).random((args.n_examples, *shape), dtype=np.float32)
   # Labelled with the model's own predictions: every example is clean-correct and attacked.
   y = np.asarray(models.logits_fn(graphdef, params, model_state)(x).argmax(-1), np.int32)
@@ -138,7 +132,7 @@ def main(argv=None):
   machine = harness.machine()
   # The standard version reads Square's budget from this module constant.
   importlib.import_module("robustwidth.attacks.autoattack").NUM_QUERIES = args.square_queries
-  logits_fn = Partial(functools.partial(_eval_apply, graphdef), params, model_state)
+  logits_fn = models.logits_fn(graphdef, params, model_state)
   key = jax.random.key(args.seed)
   runs = {"robustwidth": []}
 

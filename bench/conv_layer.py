@@ -7,7 +7,7 @@ the measurement behind "what limits the CPU figures" in docs/benchmarks.md.
 Implementations, on the same input, kernel and output gradient (each checked against XLA's
 convolution before timing):
   xla_conv     `lax.conv_general_dilated` with JAX's own derivative;
-  robustwidth  `robustwidth.models.layers.conv2d`, the library's convolution (XLA's forward
+  robustwidth  `robustwidth.models.conv.conv2d`, the library's convolution (XLA's forward
                and input gradient, Winograd's kernel gradient on CPU);
   winograd     `robustwidth.models.winograd.conv3x3` for every pass: 4× fewer multiplications,
                the one way to beat PyTorch where PyTorch runs near the machine's peak;
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bench import harness
-from robustwidth.models import layers, winograd
+from robustwidth.models import conv, winograd
 
 BENCH = "conv_layer"
 # Convolution-sized passes per measurement: the forward, the input gradient (what an attack
@@ -59,22 +59,22 @@ def main(argv=None):
   kernel = rng.standard_normal((3, 3, c, c), np.float32) * np.float32((2 / (9 * c)) ** 0.5)
   dy = rng.standard_normal((n, s, s, c), np.float32)
   flops = 2 * n * s * s * 9 * c * c
-  convs = {"xla_conv": xla_conv, "robustwidth": lambda x, k: layers.conv2d(x, k, 1, 1),
+  convs = {"xla_conv": xla_conv, "robustwidth": lambda x, k: conv.conv2d(x, k, 1, 1),
            "winograd": winograd.conv3x3}
   expected_y = xla_conv(x, kernel)
   expected_grads = jax.vjp(xla_conv, x, kernel)[1](dy)
   runners, errors = {}, {}
   jx, jkernel, jdy = jax.device_put((x, kernel, dy))
-  for name, conv in convs.items():
-    forward = jax.jit(conv)
-    both = jax.jit(lambda x, k, dy, conv=conv: (conv(x, k), jax.vjp(conv, x, k)[1](dy)))
+  for name, convolve in convs.items():
+    forward = jax.jit(convolve)
+    both = jax.jit(lambda x, k, dy, f=convolve: (f(x, k), jax.vjp(f, x, k)[1](dy)))
     y, grads = both(jx, jkernel, jdy)
     errors[name] = {"relative_error": max(
         float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
         for a, b in zip((y, *grads), (expected_y, *expected_grads)))}
 
-    def with_input_gradient(x, k, dy, conv=conv):
-      y, vjp = jax.vjp(lambda x: conv(x, k), x)
+    def with_input_gradient(x, k, dy, f=convolve):
+      y, vjp = jax.vjp(lambda x: f(x, k), x)
       return y, vjp(dy)
 
     attack_pass = jax.jit(with_input_gradient)

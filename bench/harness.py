@@ -211,32 +211,32 @@ def conv_derivative(name: str):
   import jax
   from jax.custom_derivatives import SymbolicZero
 
-  from robustwidth.models import layers
+  from robustwidth.models import conv, layers
   if name == "library":
     return contextlib.nullcontext()
   if name == "xla":
-    return mock.patch.object(layers, "conv2d", layers._conv)
+    return mock.patch.object(layers, "conv2d", conv.xla_conv)
 
   @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
   def conv2d(x, kernel, stride, padding):
-    return layers._conv(x, kernel, stride, padding)
+    return conv.xla_conv(x, kernel, stride, padding)
 
   @functools.partial(conv2d.defjvp, symbolic_zeros=True)
   def _jvp(stride, padding, primals, tangents):
     (x, kernel), (x_dot, kernel_dot) = primals, tangents
     terms = []
     if not isinstance(x_dot, SymbolicZero):
-      terms.append(layers._conv(x_dot, kernel, stride, padding) if name == "hwio" else
-                   layers._conv(x_dot, jax.numpy.transpose(kernel, (0, 1, 3, 2)), stride,
+      terms.append(conv.xla_conv(x_dot, kernel, stride, padding) if name == "hwio" else
+                   conv.xla_conv(x_dot, jax.numpy.transpose(kernel, (0, 1, 3, 2)), stride,
                                 padding, "HWOI"))
     if not isinstance(kernel_dot, SymbolicZero):
       if name == "patches":
-        patches = jax.checkpoint(layers._patches, static_argnums=(1, 2, 3))(
+        patches = jax.checkpoint(conv.patches, static_argnums=(1, 2, 3))(
             x, kernel_dot.shape[0], stride, padding)
         terms.append(patches @ kernel_dot.reshape(-1, kernel_dot.shape[-1]))
       else:
-        terms.append(layers._kernel_tangent(x, kernel_dot, stride, padding))
-    y = layers._conv(x, kernel, stride, padding)
+        terms.append(conv.kernel_tangent(x, kernel_dot, stride, padding))
+    y = conv.xla_conv(x, kernel, stride, padding)
     return y, sum(terms[1:], terms[0]) if terms else jax.numpy.zeros_like(y)
 
   return mock.patch.object(layers, "conv2d", conv2d)
@@ -273,8 +273,8 @@ def models(args, config, device):
   """(graphdef, params, model_state) and `robustwidth.interop`'s PyTorch WideResNet holding
   the same weights, on `device` in channels-last layout (faster than NCHW for oneDNN on CPU)."""
   import torch
-  from robustwidth import interop, models as rw_models, train
-  model = train.build_model(config, (args.image_size, args.image_size, args.channels), 10)
+  from robustwidth import experiment, interop, models as rw_models
+  model = experiment.create_model(config, (args.image_size, args.image_size, args.channels), 10)
   torch_model = interop.torch_model("wide_resnet", 10, depth=args.depth, width=args.width,
                                     in_channels=args.channels,
                                     base_channels=args.base_channels)

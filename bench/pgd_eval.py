@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench import harness, torch_reference
-from robustwidth import parallel, steps, train
+from robustwidth import experiment, parallel, steps
 
 BENCH = "pgd_eval"
 
@@ -37,7 +37,7 @@ def compile_step(args, config, graphdef, params, model_state):
                 "mask": jax.ShapeDtypeStruct((args.batch,), jnp.bool_, sharding=sharded)}
 
   def lower(unroll):
-    attack = harness.with_unroll(train.eval_attack(config), unroll)
+    attack = harness.with_unroll(experiment.eval_attack(config), unroll)
     jitted = jax.jit(steps.make_eval_step(graphdef, attack),
                      in_shardings=(replicated, replicated, sharded, replicated),
                      out_shardings=replicated)

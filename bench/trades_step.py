@@ -13,11 +13,10 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import torch
 
 from bench import harness, torch_reference
-from robustwidth import optim, parallel, steps, train
+from robustwidth import experiment, parallel, steps
 from robustwidth import config as config_lib
 
 BENCH = "trades_step"
@@ -25,20 +24,14 @@ BENCH = "trades_step"
 
 def compile_step(args, config, graphdef, params, model_state):
   """(compiled step, its initial state, mesh, compile (wall, CPU) seconds, FLOPs per step)."""
-  optimizer = optim.sgd(optim.learning_rate_schedule(
-      config.train.schedule, base_lr=config.train.lr, steps_per_epoch=50_000 // args.batch,
-      epochs=config.train.epochs, decay_epochs=config.train.decay_epochs),
-      momentum=config.train.momentum, weight_decay=config.train.weight_decay)
-  settings = train.train_settings(config, steps_per_epoch=50_000 // args.batch)
+  spec = experiment.RunSpec((args.image_size, args.image_size, args.channels), 10,
+                            steps_per_epoch=50_000 // args.batch)
+  optimizer = experiment.optimizer(config, spec)
+  settings = experiment.train_settings(config, spec)
   mesh = parallel.data_mesh()
-  state = parallel.replicate(steps.init_train_state(
-      params, model_state, optimizer, config.seed, settings.rule,
-      ema=settings.ema_decay > 0), mesh)
+  state = parallel.replicate(experiment.train_state(config, spec, params, model_state), mesh)
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  batch_spec = {
-      "image": jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size,
-                                     args.channels), jnp.float32, sharding=sharded),
-      "label": jax.ShapeDtypeStruct((args.batch,), jnp.int32, sharding=sharded)}
+  batch_spec = experiment.batch_spec(args.batch, spec.image_shape, sharded)
 
   def lower(unroll):
     step = steps.make_train_step(graphdef, optimizer, dataclasses.replace(

@@ -31,7 +31,7 @@ from absl import app, flags
 
 from launch import cli
 import robustwidth
-from robustwidth import attacks, data, interop, models, train
+from robustwidth import attacks, data, evaluation, interop, models
 from robustwidth import config as config_lib
 from robustwidth.attacks.autoattack import check_attack_names
 
@@ -67,15 +67,12 @@ def _percent(fraction: float) -> float:
 def evaluate(workdir: str, *, evaluations, n_examples=None, which="best", eps=None, norm=None,
              batch_size=256, seed=None) -> dict:
   """Runs the evaluations on the run's checkpoint; returns the record (see the module doc)."""
-  graphdef, params, model_state, config = train.restore_model(workdir, which)
-  # The checkpoint comes back replicated over the trainer's mesh; the attacks run on the
-  # default device.
-  params, model_state = jax.device_get((params, model_state))
+  graphdef, params, model_state, config = evaluation.restore_model(workdir, which)
   eps = config.attack.eps if eps is None else eps
   norm = config.attack.norm if norm is None else norm
   seed = config.seed if seed is None else seed
   x, y = _test_points(config.data.name, config.data.data_dir, n_examples)
-  logits_fn = models.partial_logits_fn(graphdef, params, model_state)
+  logits_fn = models.logits_fn(graphdef, params, model_state)
   summary = _run_evaluations(logits_fn, x, y, evaluations=evaluations, eps=eps, norm=norm,
                              key=jax.random.key(seed), batch_size=batch_size)
 
@@ -111,7 +108,7 @@ def evaluate_torch_checkpoint(path: str, *, arch: str, dataset: str, evaluations
   graphdef, params, model_state = models.split(model)
   eps = CHECKPOINT_EPS[norm] if eps is None else eps
   x, y = _test_points(dataset, data_dir, n_examples)
-  logits_fn = models.partial_logits_fn(graphdef, params, model_state)
+  logits_fn = models.logits_fn(graphdef, params, model_state)
   summary = _run_evaluations(logits_fn, x, y, evaluations=evaluations, eps=eps, norm=norm,
                              key=jax.random.key(seed), batch_size=batch_size)
   return dict(

@@ -59,9 +59,6 @@ def main(argv: list[str] | None = None) -> None:
                       help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
                            "; for fashion_mnist also where its IDX files are (default: the "
                            "Debian package's directory)")
-  parser.add_argument("--skip_checksum", action="store_true",
-                      help="CIFAR only: accept an archive whose size and SHA-256 differ from the "
-                           "official one (archives generated in the same format, for tests)")
   args = parser.parse_args(argv)
   is_cifar = args.name in cifar.ARCHIVES
   if is_cifar != (args.archive is not None):
@@ -69,8 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                  "--archive: it reads the official IDX files or TFDS's prepared copy")
   try:
     if is_cifar:
-      path, counts = cifar.prepare(args.name, args.archive, data_dir=args.data_dir,
-                                   verify_checksum=not args.skip_checksum)
+      path, counts = cifar.prepare(args.name, args.archive, data_dir=args.data_dir)
       where = f" in {path}"
     else:
       where, counts = "", prepare_fashion_mnist(args.data_dir)

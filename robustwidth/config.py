@@ -11,10 +11,11 @@ import math
 
 import ml_collections
 
-from robustwidth import attacks, data, losses, optim, steps, war
+from robustwidth import attacks, data, losses, ntk, optim, steps, war
 from robustwidth.models import CNN_HEADS, FAMILIES, PARAMETERIZATIONS
 
 JOBS = ("train", "width_study", "ntk_width")
+NTK_FAMILIES = ("mlp", "cnn", "wide_resnet")  # the families config.ntk_width has settings for
 DTYPES = ("float32", "bfloat16")
 
 
@@ -344,22 +345,41 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
             f" >= {low}")
     if len(set(values)) != len(values):
       _fail(key, given[key], "each value may appear once (a repeated one would run twice)")
+  if "ntk_width" in config:  # a run's own config may leave it out: its defaults are valid
+    _validate_ntk_width(config.ntk_width)
   adaptive_from_run = (config.war.rule == "adaptive" and config.war.reference_ratio == 0
                        and config.war.reference_run)
+  from robustwidth import experiment  # It builds objects from configs, so it imports this.
   try:  # A ratio still to be read from the reference run is checked when it is read.
-    war_rule(config, reference_ratio=1.0 if adaptive_from_run else None)
+    experiment.war_rule(config, reference_ratio=1.0 if adaptive_from_run else None)
   except ValueError as error:
     raise ConfigError(f"config.war: {error}") from None
+
+
+def _validate_ntk_width(study: ml_collections.ConfigDict) -> None:
+  """The NTK width study's settings (config.ntk_width)."""
+  for key in ("families", "trained_families"):
+    if not set(study[key]) <= set(NTK_FAMILIES):
+      _fail(f"ntk_width.{key}", study[key], f"use families of {NTK_FAMILIES}")
+  for family in set(study.families) | set(study.trained_families):
+    widths = tuple(study[family].widths)
+    if len(set(widths)) < 2 or min(widths) < 1:
+      _fail(f"ntk_width.{family}.widths", widths,
+            "a slope needs two or more distinct widths >= 1")
+  if study.init_seeds < 2 and len(study.families):
+    _fail("ntk_width.init_seeds", study.init_seeds, "a spread over seeds needs >= 2")
+  for key in ("parameterizations", "trained_parameterizations"):
+    if not set(study[key]) <= set(PARAMETERIZATIONS):
+      _fail(f"ntk_width.{key}", study[key], f"use values of {PARAMETERIZATIONS}")
+  if not set(study.trained_methods) <= set(steps.METHODS):
+    _fail("ntk_width.trained_methods", study.trained_methods, f"use methods of {steps.METHODS}")
+  if study.implementation not in ntk.IMPLEMENTATIONS:
+    _fail("ntk_width.implementation", study.implementation, f"use one of {ntk.IMPLEMENTATIONS}")
 
 
 def eval_padded_batch(config: ml_collections.ConfigDict, device_count: int) -> int:
   """The evaluation batch padded up to a multiple of the device count."""
   return -(-config.eval.batch_size // device_count) * device_count
-
-
-def extra_per_batch(config: ml_collections.ConfigDict) -> int:
-  """Rows of every training batch drawn from the extra data."""
-  return round(config.data.extra_fraction * config.train.batch_size)
 
 
 def beta(config: ml_collections.ConfigDict) -> float:
@@ -374,13 +394,3 @@ def attack_init(config: ml_collections.ConfigDict) -> str:
   if config.train.attack_init is None:
     return steps.reference_attack_init(config.train.method)
   return config.train.attack_init
-
-
-def war_rule(config: ml_collections.ConfigDict, reference_ratio: float | None = None
-             ) -> war.Rule:
-  """The λ rule of one run; `reference_ratio` overrides config.war.reference_ratio."""
-  ratio = config.war.reference_ratio if reference_ratio is None else reference_ratio
-  return war.Rule(name=config.war.rule, beta0=beta(config),
-                  width=config.model.width, reference_width=config.war.reference_width,
-                  gamma=config.war.gamma, reference_ratio=ratio,
-                  beta_max=config.war.beta_max, ema_decay=config.war.ema_decay)

@@ -7,7 +7,8 @@ times it (ℓ1 is the dual of ℓ∞). It cannot be computed exactly for a netwo
 estimators here are each a lower bound on it, computed differently:
 
   lipschitz_attack_iterates    the authors' probe: max of ‖∇L‖_* over the points a PGD attack
-                               on L visits;
+                               on L visits (`pgd_lipschitz_probe` returns the attack's x_adv
+                               with it, as the training and evaluation steps use it);
   lipschitz_gradient_ascent    projected gradient ascent on ‖∇L‖_* itself inside the ball;
   lipschitz_finite_difference  |L(x̂) − L(x)| / ‖x̂ − x‖ for a given x̂ (the mean value theorem).
 
@@ -22,6 +23,11 @@ Losses, per example ([B] from [B, K] logits):
 
 Examples never interact (the model runs in evaluation mode), so the gradient of the summed
 loss is the per-example gradient.
+
+  logits_fn = models.logits_fn(graphdef, params, model_state)
+  lipschitz.input_gradient_norm(logits_fn, x, y, ord=1)                # ‖∇ₓ CE‖₁, [B]
+  lipschitz.lipschitz_attack_iterates(logits_fn, x, key=jax.random.key(0), eps=0.031,
+                                      step_size=0.007, num_steps=10)   # the authors' probe
 """
 import jax
 import jax.numpy as jnp
@@ -32,7 +38,6 @@ from robustwidth.attacks import geometry, objectives
 
 GRADIENT_LOSSES = ("ce", "kl", "margin")
 GRADIENT_ORDS = (1, 2, np.inf)
-_ATTACK_LOSS = {"ce": "ce", "kl": "kl", "margin": "cw"}
 _TINY = 1e-12
 
 
@@ -57,15 +62,16 @@ def _check_ball(eps, step_size, num_steps, norm, init):
 
 def _objective(logits_fn, loss, y, logits_nat):
   """x' -> [B] per-example loss; `logits_nat` is the fixed reference of "kl"."""
-  return lambda z: objectives.objective(_ATTACK_LOSS[loss], logits_fn(z), y, logits_nat)
+  return lambda z: objectives.objective(loss, logits_fn(z), y, logits_nat)
 
 
 def _input_gradient(objective, x):
   return jax.grad(lambda z: jnp.sum(objective(z)))(x)
 
 
-def input_gradient_norm(logits_fn, x: jax.Array, y: jax.Array | None, *, ord=1,
-                        loss: str = "ce", x_natural: jax.Array | None = None) -> jax.Array:
+def input_gradient_norm(logits_fn: attacks.LogitsFn, x: jax.Array, y: jax.Array | None, *,
+                        ord=1, loss: str = "ce",
+                        x_natural: jax.Array | None = None) -> jax.Array:
   """‖∇ₓ L(x)_i‖_ord per example: [B].
 
   ord: 1, 2 or inf, the norm taken of the gradient (ord=1 is the Lipschitz constant for the
@@ -89,25 +95,41 @@ def input_gradient_norm(logits_fn, x: jax.Array, y: jax.Array | None, *, ord=1,
   return geometry.norm(grad, "l2" if ord == 2 else "linf")
 
 
-def lipschitz_attack_iterates(logits_fn, x: jax.Array, y: jax.Array | None = None, *, key,
-                              eps, step_size, num_steps: int, norm: str = "linf",
-                              loss: str = "kl", init: str = "normal",
-                              restarts: int = 1) -> jax.Array:
+def pgd_lipschitz_probe(logits_fn: attacks.LogitsFn, x: jax.Array, y: jax.Array | None, *,
+                        key, eps, step_size, num_steps: int, norm: str = "linf",
+                        loss: str = "ce", init: str = "uniform", restarts: int = 1,
+                        unroll: bool | int = False) -> tuple[jax.Array, jax.Array]:
+  """`attacks.pgd` (same arguments) and the authors' probe from its own gradients: (x_adv,
+  probe), probe[i] the max over every iterate the attack took a gradient at (all restarts) of
+  the dual norm of the per-example input gradient of the attack loss (ℓ1 for ℓ∞). With
+  loss="kl" and the TRADES settings this is exactly the authors' logged quantity.
+  """
+  return attacks.pgd_with_gradient_max(
+      logits_fn, x, y, lambda grad: geometry.dual_norm(grad, norm), key=key, eps=eps,
+      step_size=step_size, num_steps=num_steps, norm=norm, loss=loss, init=init,
+      restarts=restarts, unroll=unroll)
+
+
+def lipschitz_attack_iterates(logits_fn: attacks.LogitsFn, x: jax.Array,
+                              y: jax.Array | None = None, *, key, eps, step_size,
+                              num_steps: int, norm: str = "linf", loss: str = "kl",
+                              init: str = "normal", restarts: int = 1) -> jax.Array:
   """The authors' local-Lipschitz probe: [B], the max of ‖∇L‖_* (dual of `norm`) over the
-  iterates of a PGD attack on L at which it took a gradient.
+  iterates of a PGD attack on L at which it took a gradient (`pgd_lipschitz_probe`).
 
   The defaults with eps=0.031, step_size=0.007, num_steps=10 are the TRADES inner attack and
-  the quantity the authors log. Wraps `attacks.pgd_lipschitz_probe`.
+  the quantity the authors log.
   """
   _check(logits_fn, x, y, loss)
-  return attacks.pgd_lipschitz_probe(
-      logits_fn, x, y, key=key, eps=eps, step_size=step_size, num_steps=num_steps, norm=norm,
-      loss=_ATTACK_LOSS[loss], init=init, restarts=restarts)[1]
+  return pgd_lipschitz_probe(logits_fn, x, y, key=key, eps=eps, step_size=step_size,
+                             num_steps=num_steps, norm=norm, loss=loss, init=init,
+                             restarts=restarts)[1]
 
 
-def lipschitz_gradient_ascent(logits_fn, x: jax.Array, y: jax.Array | None = None, *, key,
-                              eps, step_size, num_steps: int, norm: str = "linf",
-                              loss: str = "kl", init: str = "uniform") -> jax.Array:
+def lipschitz_gradient_ascent(logits_fn: attacks.LogitsFn, x: jax.Array,
+                              y: jax.Array | None = None, *, key, eps, step_size,
+                              num_steps: int, norm: str = "linf", loss: str = "kl",
+                              init: str = "uniform") -> jax.Array:
   """Projected gradient ascent on g(x') = ‖∇L(x')‖_* inside B(x, ε) ∩ [0, 1]: [B], the
   largest g seen at x, the start and every iterate.
 
@@ -139,7 +161,7 @@ def lipschitz_gradient_ascent(logits_fn, x: jax.Array, y: jax.Array | None = Non
   return jax.lax.stop_gradient(jnp.maximum(best, dual_gradient_norm(z)[1]))
 
 
-def lipschitz_finite_difference(logits_fn, x: jax.Array, x_adv: jax.Array,
+def lipschitz_finite_difference(logits_fn: attacks.LogitsFn, x: jax.Array, x_adv: jax.Array,
                                 y: jax.Array | None = None, *, norm: str = "linf",
                                 loss: str = "kl") -> jax.Array:
   """|L(x_adv) − L(x)| / ‖x_adv − x‖ per example: [B], 0 where x_adv = x.

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from robustwidth import attacks, awp, losses, metrics, optim, war
+from robustwidth import awp, lipschitz, losses, metrics, optim, war
 from robustwidth.data.augment import random_crop_flip
 from robustwidth.models.functional import apply, logits_fn
 from robustwidth.models.layers import fold_batch_statistics
@@ -154,8 +154,8 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     x_adv, probe = None, jnp.zeros((x.shape[0],), jnp.float32)
     if settings.method != "standard":
       eval_logits = logits_fn(graphdef, state.params, state.model_state)
-      x_adv, probe = attacks.pgd_lipschitz_probe(eval_logits, x, y, key=attack_key,
-                                                 **settings.attack.kwargs())
+      x_adv, probe = lipschitz.pgd_lipschitz_probe(eval_logits, x, y, key=attack_key,
+                                                   **settings.attack.kwargs())
 
     def loss_fn(params):
       # Both passes start from the same running statistics; the statistics are then folded
@@ -241,7 +241,7 @@ def make_eval_step(graphdef: nnx.GraphDef, attack: AttackSettings) -> Callable:
   def eval_step(params, model_state, batch, key):
     eval_logits = logits_fn(graphdef, params, model_state)
     x, y, mask = batch["image"], batch["label"], batch["mask"]
-    x_adv, probe = attacks.pgd_lipschitz_probe(eval_logits, x, y, key=key, **attack.kwargs())
+    x_adv, probe = lipschitz.pgd_lipschitz_probe(eval_logits, x, y, key=key, **attack.kwargs())
     counts = metrics.robustness_counts(*natural_and_adversarial_logits(eval_logits, x, x_adv),
                                        y, mask)
     counts["lipschitz_sum"] = jnp.sum(jnp.where(mask, probe, 0.0))

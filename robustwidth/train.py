@@ -1,9 +1,10 @@
 """train_and_evaluate(config, workdir): one adversarial-training run, resumable.
 
-The stateful shell around the pure steps: it loads data, builds the model, jits the steps over
-a data-parallel mesh (state replicated and donated, batch sharded), evaluates on the whole test
-split every `eval.every_epochs`, keeps the latest and the best (PGD robust accuracy)
-checkpoints, logs to JSONL and TensorBoard, and writes `record.json`, the run's result.
+The stateful shell around the pure steps: it loads data, builds the run's objects
+(`experiment`), jits the steps over a data-parallel mesh (state replicated and donated, batch
+sharded), evaluates on the whole test split every `eval.every_epochs` (`evaluation`), keeps the
+latest and the best (PGD robust accuracy) checkpoints, each with the config and the run's
+`experiment.RunSpec`, logs to JSONL and TensorBoard, and writes `record.json`, the run's result.
 
 Started again on the same workdir it resumes from the latest checkpoint, at the exact step,
 data order and random keys, with the epoch's metric sums so far and metrics.jsonl cut back to
@@ -19,17 +20,13 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm import tqdm
 
 from robustwidth import config as config_lib
-from robustwidth import attacks, data, metrics, models, optim, parallel, steps, war
+from robustwidth import data, evaluation, experiment, models, parallel, steps, war
 from robustwidth.checkpoint import CheckpointError, Checkpoints
-from robustwidth.writers import MetricWriter
-
-_EVAL_KEY_SALT = 0x7E57  # Evaluation keys are fixed per run, so epochs compare like for like.
+from robustwidth.writers import MetricWriter, progress_disabled
 
 
 class NonFiniteError(FloatingPointError):
@@ -40,21 +37,9 @@ class WorkdirBusyError(RuntimeError):
   """Another process is writing the workdir."""
 
 
-def _dtype(name: str):
-  return None if name == "float32" else jnp.dtype(name)
-
-
-def build_model(config: ml_collections.ConfigDict, image_shape, num_classes: int):
-  return models.create_model(
-      config.model.family, width=config.model.width, num_classes=num_classes,
-      input_shape=image_shape, seed=config.seed, depth=config.model.depth,
-      base_channels=config.model.base_channels, strides=config.model.strides,
-      cnn_head=config.model.cnn_head,
-      parameterization=config.model.parameterization, dtype=_dtype(config.model.dtype))
-
-
 def reference_ratio(config: ml_collections.ConfigDict) -> float | None:
-  """r0 for the adaptive WAR rule: given, or read from the thin reference run's record."""
+  """r0 for the adaptive WAR rule when the config leaves it to the thin reference run's
+  record (None otherwise). Read once at start-up and saved with the run's spec."""
   if config.war.rule != "adaptive" or config.war.reference_ratio > 0:
     return None
   path = os.path.join(config.war.reference_run, "record.json")
@@ -65,33 +50,6 @@ def reference_ratio(config: ml_collections.ConfigDict) -> float | None:
         "config.war.reference_ratio.")
   with open(path) as f:
     return json.load(f)["war_ratio"]
-
-
-def train_settings(config: ml_collections.ConfigDict, steps_per_epoch: int
-                   ) -> steps.TrainSettings:
-  attack = None
-  if config.train.method != "standard":
-    attack = steps.AttackSettings(
-        eps=config.attack.eps, step_size=config.train.attack_step_size,
-        num_steps=config.train.attack_steps, norm=config.attack.norm,
-        loss="kl" if config.train.method == "trades" else "ce",
-        init=config_lib.attack_init(config))
-  return steps.TrainSettings(
-      method=config.train.method, attack=attack,
-      rule=config_lib.war_rule(config, reference_ratio(config)),
-      stop_gradient_target=config.train.stop_gradient_target,
-      pgd_at_form=config.train.pgd_at_form,
-      batch_norm_updates=tuple(config.train.batch_norm_updates) or None,
-      crop_padding=config.data.crop_padding, flip=config.data.flip,
-      awp_gamma=config.train.awp_gamma,
-      awp_start_step=(config.train.awp_start_epoch - 1) * steps_per_epoch,
-      ema_decay=config.train.ema_decay)
-
-
-def eval_attack(config: ml_collections.ConfigDict) -> steps.AttackSettings:
-  return steps.AttackSettings(eps=config.attack.eps, step_size=config.eval.step_size,
-                              num_steps=config.eval.num_steps, norm=config.attack.norm,
-                              loss="ce", init=config.eval.init, restarts=config.eval.restarts)
 
 
 class _Run:
@@ -105,64 +63,43 @@ class _Run:
         data.load(config.data.name, "train", data_dir=config.data.data_dir),
         config.data.train_examples)
     self.test_split = data.load(config.data.name, "test", data_dir=config.data.data_dir)
-    self.extra_per_batch = config_lib.extra_per_batch(config)
+    self.extra_per_batch = experiment.extra_per_batch(config)
     self.extra_split = (data.load_extra(config.data.extra_path, self.train_split)
                         if self.extra_per_batch else None)
-    self.steps_per_epoch = data.steps_per_epoch(
-        self.train_split, config.train.batch_size - self.extra_per_batch)
+    self.spec = experiment.RunSpec(
+        self.train_split.image_shape, self.train_split.num_classes,
+        data.steps_per_epoch(self.train_split, config.train.batch_size - self.extra_per_batch),
+        reference_ratio(config))
+    self.steps_per_epoch = self.spec.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.train.epochs
-    model = build_model(config, self.train_split.image_shape, self.train_split.num_classes)
-    self.graphdef, params, model_state = models.split(model)
+    self.graphdef, params, model_state = models.split(experiment.create_model(
+        config, self.spec.image_shape, self.spec.num_classes))
     self.num_params = models.count_params(params)
-    self.schedule = optim.learning_rate_schedule(
-        config.train.schedule, base_lr=config.train.lr, steps_per_epoch=self.steps_per_epoch,
-        epochs=config.train.epochs, decay_epochs=config.train.decay_epochs,
-        halving_start=config.train.halving_start)
-    self.optimizer = optim.sgd(self.schedule, momentum=config.train.momentum,
-                               weight_decay=config.train.weight_decay)
-    self.settings = train_settings(config, self.steps_per_epoch)
+    self.schedule = experiment.learning_rate_schedule(config, self.spec)
+    self.optimizer = experiment.optimizer(config, self.spec)
+    self.settings = experiment.train_settings(config, self.spec)
     self.mesh = parallel.data_mesh()
-    self.eval_padded_batch = config_lib.eval_padded_batch(config, jax.device_count())
-    self.state = parallel.replicate(steps.init_train_state(
-        params, model_state, self.optimizer, config.seed, self.settings.rule,
-        ema=self.settings.ema_decay > 0), self.mesh)
-    self.eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _EVAL_KEY_SALT)
+    self.state = parallel.replicate(
+        experiment.train_state(config, self.spec, params, model_state), self.mesh)
+    self.eval_key = evaluation.eval_key(config)
 
   def compile(self) -> None:
     """Compiles both steps ahead of time: compile time is measured apart from training
     throughput, and a step can never silently recompile."""
-    config = self.config
     replicated, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
     start = time.time()
     self.train_step = jax.jit(
         steps.make_train_step(self.graphdef, self.optimizer, self.settings),
         in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
-        donate_argnums=0).lower(self.state, _batch_spec(config.train.batch_size,
-                                               self.train_split.image_shape, batch)).compile()
-    self.eval_step = jax.jit(
-        steps.make_eval_step(self.graphdef, eval_attack(config)),
-        in_shardings=(replicated, replicated, batch, replicated), out_shardings=replicated,
-    ).lower(self.state.params, self.state.model_state,
-            _batch_spec(self.eval_padded_batch, self.test_split.image_shape, batch, mask=True),
-            jax.random.PRNGKey(0)).compile()
+        donate_argnums=0).lower(self.state, experiment.batch_spec(
+            self.config.train.batch_size, self.spec.image_shape, batch)).compile()
+    self.eval_step = evaluation.compile_eval_step(self.graphdef, self.config, self.state,
+                                                  self.spec.image_shape, self.mesh)
     self.compile_time_s = time.time() - start
 
   def evaluate(self, state) -> dict:
-    """PGD evaluation on the whole test split: the three accuracies, counts, probe."""
-    totals = {}
-    batches = data.eval_batches(self.test_split, global_batch=self.config.eval.batch_size,
-                                padded_batch=self.eval_padded_batch,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
-    bar = tqdm(batches, desc="  eval", unit="batch", leave=False, disable=_quiet(),
-               total=-(-len(self.test_split) // self.config.eval.batch_size), mininterval=1.0)
-    for index, batch in enumerate(bar):
-      key = jax.random.fold_in(self.eval_key, index)
-      counts = self.eval_step(steps.evaluated_params(state), state.model_state,
-                              parallel.put_batch(batch, self.mesh), key)
-      totals = metrics.add_counts(totals, jax.device_get(counts))
-    lipschitz = float(totals.pop("lipschitz_sum")) / max(int(totals["count"]), 1)
-    return {**metrics.fractions(totals), "lipschitz_probe": lipschitz}
+    return evaluation.pgd_evaluation(self.eval_step, state, self.test_split, self.config,
+                                     self.mesh, self.eval_key)
 
 
 def _log_step(writer: MetricWriter, step: int, step_metrics: dict, sums: dict) -> dict:
@@ -186,22 +123,10 @@ def _check_finite(step: int, finite: dict) -> None:
         "all from before this step.")
 
 
-def _batch_spec(size: int, image_shape, sharding, mask: bool = False) -> dict:
-  spec = {"image": jax.ShapeDtypeStruct((size, *image_shape), jnp.float32, sharding=sharding),
-          "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=sharding)}
-  if mask:
-    spec["mask"] = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=sharding)
-  return spec
-
-
-def _quiet() -> bool | None:
-  """Progress bars: process 0 only, and (None) only when writing to a terminal."""
-  return True if jax.process_index() != 0 else None
-
-
 def _save(run: _Run, checkpoints: Checkpoints, state, meta: dict, eval_metrics=None):
   checkpoints.save(int(jax.device_get(state.step)), state,
-                   {**meta, "config": run.config_json, "eval": eval_metrics}, eval_metrics)
+                   {**meta, "config": run.config_json, "spec": run.spec.to_json(),
+                    "eval": eval_metrics}, eval_metrics)
 
 
 @dataclasses.dataclass
@@ -227,7 +152,7 @@ def _train_epoch(run: _Run, state, batches, writer: MetricWriter, checkpoints: C
   pending, start = None, time.time()
   bar = tqdm(total=(last - first) * config.train.batch_size, unit="img", unit_scale=True,
              desc=f"epoch {last // run.steps_per_epoch}/{config.train.epochs}", leave=False,
-             disable=_quiet(), mininterval=1.0)
+             disable=progress_disabled(), mininterval=1.0)
   for step in range(first, last):
     state, step_metrics = run.train_step(state, parallel.put_batch(next(batches), run.mesh))
     if pending is not None:  # Fetch one step behind, so dispatch runs ahead by one.
@@ -316,7 +241,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, record_path: str) ->
   writer.close()
   record = _record(run, checkpoints, state, meta)
   if config.eval.autoattack_examples:
-    record.update(_autoattack(run, checkpoints))
+    best, _ = checkpoints.restore(checkpoints.best_step(), run.state, run.config_json)
+    record.update(evaluation.autoattack(run.graphdef, best, run.test_split, config,
+                                        run.eval_key))
   checkpoints.close()
   if jax.process_index() == 0:
     with open(record_path, "w") as f:
@@ -324,31 +251,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, record_path: str) ->
   return record
 
 
-def _autoattack(run: _Run, checkpoints: Checkpoints) -> dict:
-  """AutoAttack (standard) on the best checkpoint over the first eval.autoattack_examples
-  test points, as fractions like the PGD evaluation's."""
-  config, count = run.config, run.config.eval.autoattack_examples
-  if count > len(run.test_split):
-    raise ValueError(f"config.eval.autoattack_examples = {count} exceeds the "
-                     f"{len(run.test_split)} test examples; lower it.")
-  state, _ = checkpoints.restore(checkpoints.best_step(), run.state, run.config_json)
-  params, model_state = jax.device_get((state.params, state.model_state))
-  start = time.time()
-  _, report = attacks.autoattack(
-      models.partial_logits_fn(run.graphdef, params, model_state),
-      data.to_float(run.test_split.images[:count]), run.test_split.labels[:count],
-      key=run.eval_key, eps=config.attack.eps,
-      norm=config.attack.norm, batch_size=config.eval.batch_size)
-  return {"autoattack_examples": count,
-          "autoattack_natural_accuracy": report["clean_accuracy"],
-          "autoattack_accuracy": report["robust_accuracy"],
-          "autoattack_stability": report["perturbation_stability"],
-          "autoattack_accuracy_after": report["accuracy_after"],
-          "autoattack_time_s": time.time() - start}
-
-
 def _print_epoch(epoch: int, epochs: int, train: dict, evaluation: dict | None) -> None:
-  if _quiet():
+  if progress_disabled():
     return
   line = (f"epoch {epoch}/{epochs}  loss {train['loss']:.4f}  beta {train['beta']:.3g}  "
           f"train_acc {train['train_accuracy']:.4f}")
@@ -408,22 +312,3 @@ def _finished_record(record_path: str, config: ml_collections.ConfigDict) -> dic
         f"({config_lib.describe_differences(differences, 'record')}). Use a new --workdir for "
         "the new configuration; nothing was deleted.")
   return record
-
-
-def restore_model(workdir: str, which: str = "best"):
-  """(graphdef, params, model_state, config) of a run's best or latest checkpoint; params are
-  the weights the run evaluated (the moving average if it kept one)."""
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"There is no run directory {workdir}; check --workdir.")
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
-  step = checkpoints.best_step() if which == "best" else checkpoints.latest_step()
-  if step is None:
-    raise CheckpointError(f"No checkpoint found in {workdir}/checkpoints; train the run first "
-                          "(python -m launch.main --config ... --workdir ...).")
-  meta = checkpoints.meta(step)
-  config = ml_collections.ConfigDict(json.loads(meta["config"]))
-  run = _Run(config, workdir)
-  state, _ = checkpoints.restore(step, run.state, run.config_json)
-  checkpoints.close()
-  return run.graphdef, steps.evaluated_params(state), state.model_state, config
-

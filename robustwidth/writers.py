@@ -1,5 +1,5 @@
 """Metric logging for one run: JSON lines and TensorBoard event files in the workdir, written
-by process 0 only."""
+by process 0 only; progress bars likewise."""
 import json
 import os
 
@@ -11,6 +11,12 @@ def _plain(value):
   if isinstance(value, (np.generic, np.ndarray, jax.Array)):
     return np.asarray(value).item()
   return value
+
+
+def progress_disabled() -> bool | None:
+  """tqdm's `disable` for progress bars: process 0 only, and (None) only when writing to a
+  terminal."""
+  return True if jax.process_index() != 0 else None
 
 
 class MetricWriter:

@@ -1,4 +1,6 @@
 """Small models and data shared by the tests."""
+import contextlib
+import dataclasses
 import gzip
 import importlib.util
 import io
@@ -6,6 +8,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -134,16 +138,36 @@ def write_cifar_archive(path, name: str, rng: np.random.Generator) -> dict:
   return written
 
 
+@contextlib.contextmanager
+def tfds_accepts_generated(name: str, files: dict[str, str]):
+  """Within it, TFDS's builder `name` takes the generated `files`, {the file name TFDS registers
+  for a download: its path}, for the official ones: their sizes and SHA-256 stand in for the
+  registered checksums, which generated files cannot match."""
+  import tensorflow_datasets as tfds
+  with tempfile.TemporaryDirectory() as scratch:
+    builder = tfds.builder(name, data_dir=scratch)
+    url_infos = {url: dataclasses.replace(  # TFDS finds a manual file by the registered name.
+        tfds.download.checksums.compute_url_info(files[info.filename]), filename=info.filename)
+        for url, info in builder.url_infos.items() if info.filename in files}
+  with mock.patch.object(type(builder), "url_infos", url_infos):
+    yield
+
+
 def prepare_cifar(name: str, tmp_path) -> tuple[str, dict]:
   """A generated archive (`write_cifar_archive`) prepared by `launch.prepare_data` into
   tmp_path/tfds, as users prepare the official one; returns (data_dir, written)."""
+  from robustwidth.data import cifar
   archive = tmp_path / f"{name}-generated.tar.gz"
   written = write_cifar_archive(archive, name, np.random.default_rng(len(name)))
   data_dir = str(tmp_path / "tfds")
-  result = subprocess.run(
-      [sys.executable, "-m", "launch.prepare_data", name, "--archive", str(archive),
-       "--data_dir", data_dir, "--skip_checksum"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  script = f"""
+from launch import prepare_data
+from tests import helpers
+with helpers.tfds_accepts_generated({name!r}, {{{cifar.ARCHIVES[name]!r}: {str(archive)!r}}}):
+  prepare_data.main([{name!r}, "--archive", {str(archive)!r}, "--data_dir", {data_dir!r}])
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   counts = f"{len(written['train'][1])} train, {len(written['test'][1])} test examples"
   assert counts in result.stdout, result.stdout

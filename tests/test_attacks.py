@@ -51,7 +51,7 @@ def test_unroll_traces_each_step_and_leaves_the_attack_unchanged():
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-@pytest.mark.parametrize("loss", ["ce", "cw"])
+@pytest.mark.parametrize("loss", ["ce", "margin"])
 def test_linear_model_reaches_the_exact_worst_case(norm, loss):
   # For two classes, every loss here increases along d = w_other − w_y, so the worst case in
   # the ball is x + ε·sign(d) (ℓ∞) or x + ε·d/‖d‖₂ (ℓ2), whatever the loss. ℓ∞ sign steps
@@ -98,18 +98,26 @@ def test_linear_model_robust_accuracy_matches_closed_form(norm):
   assert robust == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_lipschitz_probe_is_the_exact_dual_norm_for_a_linear_margin(norm):
-  # ∇ₓ margin = w_other − w_y everywhere: the probe is its dual norm for every example, not
-  # that divided by the batch size (which a batch-mean loss would give).
-  w, b = _two_class_linear(seed=5)
-  x = _interior_points(6, 32, 12, 0.1)
+def test_gradient_max_is_the_largest_statistic_of_the_gradients_pgd_took():
+  # ∇ₓ CE of a two-class linear model is σ(z_other − z_y)·(w_other − w_y): the largest ℓ2
+  # norm over the attack's gradients is that at its most confident visited point. With init
+  # "none" and ℓ2 steps along the fixed direction d the iterates are x + k·s·d/‖d‖ (no box or
+  # ball binds), so the gradients are at k = 0 .. num_steps − 1, per example.
+  eps, dim, steps, size = 0.1, 12, 4, 0.02
+  w, b = _two_class_linear(seed=5, dim=dim)
+  x = _interior_points(6, 32, dim, eps)
   y = jnp.zeros(32, jnp.int32)
-  _, probe = attacks.pgd_lipschitz_probe(helpers.linear_logits_fn(w, b), x, y, key=KEY,
-                                         eps=0.1, step_size=0.02, num_steps=4, norm=norm,
-                                         loss="cw")
-  dual = {"linf": 1, "l2": 2}[norm]
-  np.testing.assert_allclose(probe, np.linalg.norm(w[:, 1] - w[:, 0], ord=dual), rtol=1e-5)
+  x_adv, largest = attacks.pgd_with_gradient_max(
+      helpers.linear_logits_fn(w, b), x, y, lambda g: geometry.norm(g, "l2"), key=KEY,
+      eps=eps, step_size=size, num_steps=steps, norm="l2", init="none")
+  d = np.asarray(w[:, 1] - w[:, 0], np.float64)
+  points = np.asarray(x, np.float64)[None] + (np.arange(steps) * size)[:, None, None] * (
+      d / np.linalg.norm(d))
+  gap = points @ d + (b[1] - b[0])
+  expected = np.max(1 / (1 + np.exp(-gap)), axis=0) * np.linalg.norm(d)
+  np.testing.assert_allclose(largest, expected, rtol=1e-5)
+  np.testing.assert_allclose(x_adv, points[-1] + size * d / np.linalg.norm(d), atol=1e-5)
+  assert np.ptp(expected) > 0.01 * expected.mean()  # Per example, not one batch-wide value.
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +131,9 @@ def wrn():
 def test_adversarial_examples_stay_in_the_ball_and_the_box(norm, loss, init):
   x, y = helpers.images(1, 16), helpers.labels(1, 16)
   eps = {"linf": 0.3, "l2": 1.0, "l1": 4.0}[norm]  # Large enough that the box binds.
-  x_adv = attacks.pgd(models.model_logits_fn(helpers.tiny_mlp()), x, y, key=KEY, eps=eps, step_size=eps / 2,
-                      num_steps=3, norm=norm, loss=loss, init=init, restarts=2)
+  x_adv = attacks.pgd(models.model_logits_fn(helpers.tiny_mlp()), x, y, key=KEY, eps=eps,
+                      step_size=eps / 2, num_steps=3, norm=norm, loss=loss, init=init,
+                      restarts=2)
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   delta = (x_adv - x).reshape(16, -1)
   size = jnp.linalg.norm(delta, ord={"linf": jnp.inf, "l2": 2, "l1": 1}[norm], axis=-1)
@@ -165,18 +174,23 @@ def test_attack_leaves_batch_norm_statistics_unchanged(wrn):
   np.testing.assert_allclose(logits_fn(x), wrn(x, train=False), atol=1e-6)
 
 
-@pytest.mark.parametrize("loss", ["ce", "cw", "dlr"])
+def _gradient_norm(grad):
+  return geometry.norm(grad, "l2")
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin", "dlr"])
 def test_attacking_a_batch_equals_attacking_each_example_alone(wrn, loss):
   # From x itself (init "none": the same start alone and in the batch), with ℓ2 steps.
   logits_fn = models.model_logits_fn(wrn)
   x, y = helpers.images(3, 6), helpers.labels(3, 6)
   settings = dict(key=KEY, eps=0.5, step_size=0.15, num_steps=3, norm="l2", loss=loss,
                   init="none")
-  batch_adv, batch_probe = attacks.pgd_lipschitz_probe(logits_fn, x, y, **settings)
+  batch_adv, batch_probe = attacks.pgd_with_gradient_max(logits_fn, x, y, _gradient_norm,
+                                                         **settings)
   assert float(jnp.min(jnp.linalg.norm((batch_adv - x).reshape(6, -1), axis=1))) > 0.1
   for i in range(6):
-    alone_adv, alone_probe = attacks.pgd_lipschitz_probe(logits_fn, x[i:i + 1], y[i:i + 1],
-                                                         **settings)
+    alone_adv, alone_probe = attacks.pgd_with_gradient_max(
+        logits_fn, x[i:i + 1], y[i:i + 1], _gradient_norm, **settings)
     np.testing.assert_allclose(batch_adv[i:i + 1], alone_adv, atol=1e-4)
     np.testing.assert_allclose(batch_probe[i:i + 1], alone_probe, rtol=1e-4)
 
@@ -188,11 +202,13 @@ def test_an_examples_kl_attack_does_not_depend_on_the_rest_of_its_batch(wrn):
   x, others = helpers.images(3, 6), helpers.images(9, 6)
   settings = dict(key=KEY, eps=0.5, step_size=0.15, num_steps=3, norm="l2", loss="kl",
                   init="normal")
-  batch_adv, batch_probe = attacks.pgd_lipschitz_probe(logits_fn, x, None, **settings)
+  batch_adv, batch_probe = attacks.pgd_with_gradient_max(logits_fn, x, None, _gradient_norm,
+                                                         **settings)
   assert float(jnp.min(jnp.linalg.norm((batch_adv - x).reshape(6, -1), axis=1))) > 0.1
   for i in range(6):
     mixed = others.at[i].set(x[i])
-    mixed_adv, mixed_probe = attacks.pgd_lipschitz_probe(logits_fn, mixed, None, **settings)
+    mixed_adv, mixed_probe = attacks.pgd_with_gradient_max(logits_fn, mixed, None,
+                                                           _gradient_norm, **settings)
     np.testing.assert_allclose(mixed_adv[i], batch_adv[i], atol=1e-4)
     np.testing.assert_allclose(mixed_probe[i], batch_probe[i], rtol=1e-4)
 
@@ -226,6 +242,38 @@ def test_pgd_is_jittable_and_equals_eager(wrn):
   run = lambda x, y: attacks.pgd(logits_fn, x, y, key=KEY, eps=0.5, step_size=0.15,
                                  num_steps=2, norm="l2")
   np.testing.assert_allclose(jax.jit(run)(x, y), run(x, y), atol=1e-5)
+
+
+def _mlp_by_hand(model):
+  """The one-hidden-layer MLP's evaluation pass written out from its weights, independent of
+  `models.logits_fn`."""
+  (hidden,), head = model.hidden, model.head
+  assert hidden.multiplier == head.multiplier == 1.0  # The standard parameterization.
+  w1, b1, w2, b2 = (jnp.asarray(v[...]) for v in (hidden.kernel, hidden.bias, head.kernel,
+                                                  head.bias))
+  return lambda x: jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1) @ w2 + b2
+
+
+def test_a_jitted_attack_takes_the_weights_as_arguments():
+  # models.logits_fn is a Partial whose leaves are the weights: one trace serves two models of
+  # one architecture, and each call attacks its own weights (not the first call's constants).
+  x, y = helpers.images(10, 8), helpers.labels(10, 8)
+  settings = dict(key=KEY, eps=0.5, step_size=0.15, num_steps=3, norm="l2", init="none")
+  traces = []
+
+  @jax.jit
+  def attack(logits_fn, x, y):
+    traces.append(None)  # Runs once per trace, never when the compiled attack is reused.
+    return attacks.pgd(logits_fn, x, y, **settings)
+
+  results = []
+  for seed in (0, 1):
+    model = helpers.tiny_mlp(seed)
+    results.append(attack(models.model_logits_fn(model), x, y))
+    np.testing.assert_allclose(results[-1], attacks.pgd(_mlp_by_hand(model), x, y, **settings),
+                               atol=1e-5)
+  assert len(traces) == 1
+  assert float(jnp.max(jnp.abs(results[0] - results[1]))) > 0.05
 
 
 @pytest.mark.parametrize("change,message", [
@@ -340,7 +388,7 @@ def test_l1_pgd_reaches_the_exact_worst_case_of_a_linear_model():
   assert 0.2 < robust.mean() < 0.8 and clear.sum() > 140
   # From x: a random start's mass off the sparse optimum decays only slowly under sparse steps.
   x_adv = attacks.pgd(logits_fn, jnp.asarray(x), jnp.asarray(y), key=KEY, eps=eps,
-                      step_size=eps / 40, num_steps=100, norm="l1", loss="cw", init="none")
+                      step_size=eps / 40, num_steps=100, norm="l1", loss="margin", init="none")
   found = np.asarray(jnp.argmax(logits_fn(x_adv), -1)) == y
   np.testing.assert_array_equal(found[clear], robust[clear])
   assert np.all(np.abs(np.asarray(x_adv) - x).sum(1) <= eps * (1 + 1e-5))

@@ -2,15 +2,19 @@
 record and its numbers."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import chex
+import jax
 import numpy as np
 import pytest
 
 from configs import smoke
 from launch import evaluate
-from robustwidth import metrics, train
+from robustwidth import data, evaluation, experiment, metrics, models, train
+from robustwidth.checkpoint import Checkpoints
 from tests import helpers
 
 
@@ -21,6 +25,26 @@ def run_dir(tmp_path_factory):
   config.eval.every_epochs = 1
   train.train_and_evaluate(config, str(workdir))
   return workdir
+
+
+@pytest.mark.filterwarnings("ignore:100.0% of the correctly classified")  # zero weights: no gradient
+def test_autoattack_at_the_end_of_a_run_attacks_the_weights_it_evaluated():
+  # With a weight average the evaluated weights are the average: here all zero, a constant
+  # classifier (every logit 0, argmax class 0), which no attack moves.
+  config = smoke.get_config()
+  config.model.family, config.model.depth, config.train.ema_decay = "mlp", 1, 0.9
+  config.eval.autoattack_examples = 80
+  spec = experiment.spec_from_info(config)
+  _, params, model_state = models.split(experiment.create_model(config, (8, 8, 1), 10))
+  state = experiment.train_state(config, spec, params, model_state)
+  state = state.replace(ema_params=jax.tree.map(np.zeros_like, state.params))
+  test = data.load("digits", "test")
+  result = evaluation.autoattack(experiment.abstract_model(config, spec)[0], state, test, config,
+                                 jax.random.key(0))
+  share_of_class_0 = float(np.mean(test.labels[:80] == 0))
+  assert share_of_class_0 > 0
+  assert result["autoattack_natural_accuracy"] == share_of_class_0
+  assert result["autoattack_accuracy"] == share_of_class_0
 
 
 def test_record_has_the_robustbench_fields(run_dir):
@@ -55,8 +79,55 @@ def test_paths_are_checked_before_any_attack_runs(run_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="--workdir .*typo is not a directory"):
     evaluate.check_paths(str(tmp_path / "evaluation.json"), workdir=str(tmp_path / "typo"))
   with pytest.raises(FileNotFoundError, match="no run directory"):
-    train.restore_model(str(tmp_path / "typo"))
+    evaluation.restore_model(str(tmp_path / "typo"))
   assert not (tmp_path / "typo").exists()
+
+
+def test_a_run_is_restored_for_evaluation_without_its_training_data_or_reference_run(
+    tmp_path, monkeypatch):
+  # Restoring loaded both splits (and any extra data) and read the adaptive rule's r0 from the
+  # reference run's record, which had to still exist.
+  helpers.write_fashion_idx(tmp_path, counts=(64, 16))
+  config = smoke.get_config("epochs=1")
+  config.data.name, config.data.data_dir = "fashion_mnist", str(tmp_path)
+  config.model.family, config.model.depth, config.model.base_channels = "mlp", 1, 4
+  config.train.batch_size, config.train.attack_steps = 32, 1
+  config.eval.batch_size, config.eval.num_steps = 16, 1
+  train.train_and_evaluate(config, str(tmp_path / "reference"))
+  config.model.width, config.war.rule = 2, "adaptive"
+  config.war.reference_run = str(tmp_path / "reference")
+  record = train.train_and_evaluate(config, str(tmp_path / "wide"))
+  assert record["beta_rule"].startswith("adaptive")
+  shutil.rmtree(tmp_path / "reference")
+  for name in os.listdir(tmp_path):
+    if name.startswith("train-"):
+      os.remove(tmp_path / name)
+  loaded = []
+  load = data.load
+  monkeypatch.setattr(data, "load", lambda name, split, **kw: (
+      loaded.append(split), load(name, split, **kw))[1])
+  evaluation.restore_model(str(tmp_path / "wide"))
+  assert loaded == []
+  # The restored weights are the ones the trainer evaluated: same clean accuracy on the same
+  # 16 test points.
+  result = evaluate.evaluate(str(tmp_path / "wide"), evaluations=["pgd-1"], batch_size=16)
+  assert loaded == ["test"] and result["n_examples"] == 16
+  assert result["clean_acc"] == round(100 * record["natural_accuracy"], 2)
+
+
+def test_a_checkpoint_written_before_run_specs_is_restored_from_the_published_shapes(
+    run_dir, tmp_path):
+  _, state, _ = evaluation.restore_train_state(str(run_dir))
+  written = Checkpoints(str(run_dir / "checkpoints"))
+  step = written.best_step()
+  meta = written.meta(step)
+  written.close()
+  del meta["spec"]
+  older = Checkpoints(str(tmp_path / "checkpoints"))
+  older.save(step, state, meta, meta["eval"])
+  older.close()
+  chex.assert_trees_all_equal(jax.device_get(evaluation.restore_model(str(tmp_path))[1]),
+                              jax.device_get(evaluation.restore_model(str(run_dir))[1]))
 
 
 torch = pytest.importorskip("torch")

@@ -60,3 +60,25 @@ def test_hiding_orbaxs_notice_of_saves_without_metrics_adds_one_filter_however_o
   finally:
     for f in absl_logger.filters[len(kept):]:
       absl_logger.removeFilter(f)
+
+
+def test_the_stable_public_names_keep_their_signatures():
+  # The functional contract (README, "The pure API"): these names and keywords stay.
+  import inspect
+
+  import robustwidth
+  expected = {
+      "attacks.pgd": ["logits_fn", "x", "y", "key", "eps", "step_size", "num_steps", "norm",
+                      "loss", "init", "restarts"],
+      "attacks.autoattack": ["logits_fn", "x", "y", "key", "eps", "norm", "version"],
+      "losses.cross_entropy": ["logits", "labels"],
+      "losses.trades_kl": ["logits_nat", "logits_adv"],
+      "losses.trades": ["logits_nat", "logits_adv", "labels", "beta"],
+      "metrics.robustness": ["logits_nat", "logits_adv", "labels"],
+      "ntk.empirical_ntk": ["f", "params", "x1", "x2", "trace_axes"],
+      "ntk.input_gradient_norm": ["logits_fn", "x", "y", "ord", "loss"],
+  }
+  for name, parameters in expected.items():
+    module, function = name.split(".")
+    signature = inspect.signature(getattr(getattr(robustwidth, module), function))
+    assert [p for p in parameters if p not in signature.parameters] == [], name

@@ -164,10 +164,10 @@ def test_bad_model_arguments():
 # global pool fused into one YNNPACK reduce fusion); run apart, so that a crash fails one test.
 _WIDE_RESNET_FORWARD_TWICE = """
 import jax
-from robustwidth import config, models, train
+from robustwidth import config, experiment, models
 c = config.base()
 c.model.family, c.model.depth, c.model.width = "wide_resnet", 16, 4
-graphdef, params, state = models.split(train.build_model(c, (32, 32, 3), 10))
+graphdef, params, state = models.split(experiment.create_model(c, (32, 32, 3), 10))
 f = models.logits_fn(graphdef, params, state)
 x = jax.random.uniform(jax.random.PRNGKey(0), (8, 32, 32, 3))
 print(jax.block_until_ready(jax.jit(lambda x: f(x) + f(x * 0.5))(x)).shape)

@@ -1,6 +1,7 @@
 """The NTK width study end to end on a tiny configuration, and the premise it relies on."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -8,9 +9,9 @@ import pytest
 
 from configs import ntk_width as ntk_width_config
 from robustwidth import config as config_lib
-from robustwidth import data, ntk, train
+from robustwidth import data, evaluation, lipschitz, ntk
 from robustwidth.models import create_model, functional, model_logits_fn
-from robustwidth.studies import ntk_width
+from robustwidth.studies import ntk_fit, ntk_measure, ntk_width
 
 
 def _tiny_config():
@@ -42,7 +43,7 @@ def test_config_reaches_4096_units_in_the_two_layer_net_under_trades(dataset):
   assert set(study.trained_methods) == {"standard", "trades"}
   assert set(study.trained_parameterizations) == {"standard", "ntk"}
   for method in study.trained_methods:  # each training run is a valid, distinct run
-    runs = {p: ntk_width._train_config(config, method, "mlp", 256, p)
+    runs = {p: ntk_measure.train_config(config, method, "mlp", 256, p)
             for p in study.trained_parameterizations}
     for run in runs.values():
       config_lib.validate(run)
@@ -61,10 +62,31 @@ def test_parameterizations_compute_the_same_function_at_initialization(family):
   """Why the study measures gradient norms at initialization under one parameterization."""
   x = data.to_float(data.load("digits", "test").images[:3])
   y = np.array([0, 1, 2], np.int32)
-  norms = [ntk.input_gradient_norm(model_logits_fn(create_model(
+  norms = [lipschitz.input_gradient_norm(model_logits_fn(create_model(
       family, width=1, num_classes=10, input_shape=(8, 8, 1), seed=3, depth=1,
       base_channels=2, parameterization=p)), x, y) for p in ("standard", "ntk")]
   np.testing.assert_allclose(norms[0], norms[1], rtol=1e-5)
+
+
+def test_fits_pool_each_setting_over_its_widths_and_seeds():
+  study = _tiny_config().ntk_width
+  blank = dict.fromkeys(ntk_measure.quantities(study))
+  record = lambda phase, method, width, trace: {
+      **blank, "phase": phase, "method": method, "family": "mlp", "parameterization": "ntk",
+      "width": width, "ntk_trace": trace}
+  # Trace 2·√width, 10% higher at seed 1 at every width: the slope stays 1/2 exactly.
+  records = [record("trained", "standard", 1, 1.0), record("trained", "standard", 4, 2.0)]
+  records += [record("init", None, w, 2 * w ** 0.5 * 1.1 ** seed)
+              for w in (1, 4, 16) for seed in (0, 1)]
+  records.append(record("init", None, 16, 0.0))  # not positive: left out of the fit
+  fits = ntk_fit.fits(records, study)
+  assert [(f["phase"], f["quantity"]) for f in fits] == [("init", "ntk_trace"),
+                                                         ("trained", "ntk_trace")]
+  assert fits[0]["slope"] == pytest.approx(0.5)
+  assert fits[0]["intercept"] == pytest.approx(np.log(2) + 0.5 * np.log(1.1))
+  assert (fits[0]["num_points"], fits[0]["dropped"]) == (6, 1)
+  assert fits[1]["slope"] is None and fits[1]["num_points"] == 2  # one point per width
+  assert ntk_fit.setting(fits[1]) == ntk_fit.Setting("trained", "standard", "mlp", "ntk")
 
 
 def test_tiny_study_writes_report_fits_and_plots(tmp_path):
@@ -86,7 +108,7 @@ def test_tiny_study_writes_report_fits_and_plots(tmp_path):
   # A fit of every quantity per training method; 2 widths × 1 seed are too few for a slope.
   for method in ("standard", "trades"):
     method_fits = [f for f in fits if f["method"] == method]
-    assert len(method_fits) == len(ntk_width.quantities(_tiny_config().ntk_width))
+    assert len(method_fits) == len(ntk_measure.quantities(_tiny_config().ntk_width))
     assert all(f["slope"] is None and f["num_points"] == 2 for f in method_fits)
   report = open(os.path.join(workdir, "report.md")).read()
   assert "| ntk_trace |" in report and "## NTK implementations" in report
@@ -100,11 +122,11 @@ def test_tiny_study_writes_report_fits_and_plots(tmp_path):
   run_dir = os.path.join(workdir, "trained", "trades_mlp_standard_w2")
   with open(os.path.join(run_dir, "record.json")) as f:
     assert json.load(f)["config"]["train"]["method"] == "trades"
-  graphdef, params, model_state, _ = train.restore_model(run_dir, "best")
+  graphdef, params, model_state, _ = evaluation.restore_model(run_dir, "best")
   x = data.to_float(data.load("digits", "test").images[:4])
   y = data.load("digits", "test").labels[:4]
-  norms = ntk.input_gradient_norm(functional.logits_fn(graphdef, params, model_state), x, y,
-                                  ord=1)
+  norms = lipschitz.input_gradient_norm(functional.logits_fn(graphdef, params, model_state), x,
+                                        y, ord=1)
   record = next(r for r in trained if (r["method"], r["width"]) == ("trades", 2))
   np.testing.assert_allclose(record["grad_ce_l1"], np.mean(norms), rtol=1e-4)
 
@@ -116,5 +138,6 @@ def test_bad_study_config_is_refused(tmp_path):
     ntk_width.run(config, str(tmp_path))
   config = _tiny_config()
   config.ntk_width.trained_methods = ("standard", "tradez")
-  with pytest.raises(ValueError, match="trained_methods has 'tradez'"):
+  with pytest.raises(ValueError, match=re.escape(
+      "config.ntk_width.trained_methods = ('standard', 'tradez') is not allowed")):
     ntk_width.run(config, str(tmp_path))

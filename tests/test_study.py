@@ -15,9 +15,9 @@ from scipy import stats
 
 from configs import default, fashion_width_study, smoke, width_study
 from robustwidth import config as config_lib
-from robustwidth import data, train
+from robustwidth import data, experiment, train
 from robustwidth.checkpoint import CheckpointError
-from robustwidth.studies import cost, ntk_width, report, sweep, width
+from robustwidth.studies import aggregate, cost, judge, ntk_measure, report, sweep, width
 from tests import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -120,6 +120,43 @@ def test_report_without_runs_says_what_to_do(tmp_path):
     report.write(str(tmp_path))
 
 
+def _run(rule, beta, width, stability, lipschitz=1.0, gamma=0.5):
+  return {"width": width, "params": 10 * width, "count": 100,
+          "perturbation_stability": stability, "lipschitz_probe": lipschitz,
+          "config": {"war": {"rule": rule, "gamma": gamma}, "train": {"beta": beta}}}
+
+
+def test_runs_group_by_rule_and_beta_listed_in_numeric_order():
+  # Sorted by their labels, "fixed β = 12" came before "fixed β = 3".
+  records = [_run("static", 3.0, 2, 0.5), _run("fixed", 12.0, 1, 0.9),
+             _run("fixed", 3.0, 2, 0.7), _run("fixed", 3.0, 1, 0.80, lipschitz=4.0),
+             _run("fixed", 3.0, 1, 0.84, lipschitz=6.0), _run("adaptive", 3.0, 2, 0.6, gamma=9.0)]
+  table = aggregate.aggregate(records)
+  key = aggregate.GroupKey
+  assert list(table) == [key("fixed", 3.0), key("fixed", 12.0), key("adaptive", 3.0),
+                         key("static", 3.0, 0.5)]  # γ belongs to the static rule only
+  assert list(table[key("fixed", 3.0)]) == [1, 2]
+  row = table[key("fixed", 3.0)][1]
+  stability = row.stat("perturbation_stability")
+  # (0.80, 0.84): SD 0.02·√2, SE 0.02, below the binomial error √(0.82 · 0.18 / 200).
+  assert row.seeds == 2 and row.params == 10 and stability.mean == pytest.approx(0.82)
+  assert stability.std == pytest.approx(0.028284, rel=1e-4)
+  assert stability.se == pytest.approx(0.02)
+  assert stability.error == pytest.approx(0.027166, rel=1e-4)
+  lipschitz = row.stat("lipschitz_probe")  # not a fraction: no binomial floor
+  assert (lipschitz.mean, lipschitz.error) == pytest.approx((5.0, 1.0))
+  assert list(aggregate.fixed(table)) == [3.0, 12.0]
+  assert aggregate.points(table[key("fixed", 3.0)], "perturbation_stability") == (
+      [1, 1, 2], [0.80, 0.84, 0.7])
+
+
+def test_late_change_spans_the_last_quarter_of_the_epochs():
+  curve = {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8, 5: 0.85, 6: 0.9, 7: 0.92, 8: 0.95}
+  assert aggregate.late_change(curve) == pytest.approx(0.95 - 0.9)  # epochs 6 → 8
+  assert aggregate.late_change({1: 0.5, 2: 0.7, 3: 0.8}) == pytest.approx(0.1)  # at least one
+  assert aggregate.late_change({1: 0.5}) is None and aggregate.late_change({}) is None
+
+
 def _split(n, labels, fill):
   images = np.full((n, 2, 2, 1), fill, np.uint8)
   images[:, 0, 0, 0] = np.arange(n) % 256
@@ -161,17 +198,27 @@ def test_extra_data_file_is_checked_and_wired_into_the_run(tmp_path):
     data.load_extra(str(tmp_path / "missing.npz"), digits)
 
 
-def test_cost_estimates_scale_with_the_run():
+def test_cost_estimates_match_a_hand_count_of_an_mlps_matrix_products():
+  # A 256-unit MLP on 8×8 digits, batch B: a forward pass is F = 2·B·(64·256 + 256·10) FLOPs
+  # of matrix products; a backward pass to the input or to the weights costs F again, and the
+  # gradient at the hidden layer alone H = 2·B·256·10. XLA's count adds elementwise work (ReLU,
+  # softmax, projections, the SGD update): allowed up to 5%.
   config = smoke.get_config()
-  one = cost.run_flops(config)
-  config.train.epochs *= 3
-  three = cost.run_flops(config)
-  assert three["train_flops"] == pytest.approx(3 * one["train_flops"])
+  config.model.family, config.model.depth, config.model.base_channels = "mlp", 1, 256
+  batch, steps = config.train.batch_size, (1437 // 64) * config.train.epochs
+  forward, hidden = 2 * batch * (64 * 256 + 256 * 10), 2 * batch * 256 * 10
   config.train.method = "standard"
   standard = cost.run_flops(config)
-  # TRADES: 3 inner forward-backward passes plus two training passes; standard: one.
-  assert 3 < three["train_flops"] / standard["train_flops"] < 8
-  assert one["params"] == 1360
+  assert standard["params"] == 64 * 256 + 256 + 256 * 10 + 10
+  assert standard["train_flops"] == pytest.approx((2 * forward + hidden) * steps, rel=0.05)
+  # TRADES with K inner steps: the KL target's clean pass, K forward and input-backward
+  # passes, then the adversarial pass and the clean one (unless XLA reuses the target's) and
+  # both weight gradients.
+  config.train.method = "trades"
+  k = config.train.attack_steps
+  trades = cost.run_flops(config)["train_flops"] / steps
+  assert (2 * k + 4) * forward + 2 * hidden <= trades
+  assert trades <= ((2 * k + 5) * forward + 2 * hidden) * 1.05
 
 
 def test_cifar_study_config_describes_the_paper_grid():
@@ -182,7 +229,7 @@ def test_cifar_study_config_describes_the_paper_grid():
   assert widths == [1, 5, 10, 15, 20]
   assert {run.model.depth for _, run in runs} == {34}
   static = [run for _, run in runs if run.war.rule == "static"]
-  assert [round(config_lib.war_rule(r).initial_beta(), 1) for r in static] == [
+  assert [round(experiment.war_rule(r).initial_beta(), 1) for r in static] == [
       13.4, 19.0, 23.2, 26.8]
 
 
@@ -256,7 +303,7 @@ def test_every_shipped_config_validates_on_1_8_and_16_devices(name, devices):
   elif config.job == "ntk_width":
     for method, family in itertools.product(config.ntk_width.trained_methods,
                                             config.ntk_width.trained_families):
-      config_lib.validate(ntk_width._train_config(config, method, family, 1, "standard"),
+      config_lib.validate(ntk_measure.train_config(config, method, family, 1, "standard"),
                           devices)
   else:
     config_lib.validate(config, devices)
@@ -295,7 +342,7 @@ def test_slope_and_difference_tests_match_their_closed_forms():
   slope, intercept = np.polyfit(x, values, 1)
   residual = values - (slope * x + intercept)
   se = np.sqrt(np.sum(residual ** 2) / 7 / np.sum((x - x.mean()) ** 2))
-  test = report.slope_test(widths, values, "less")
+  test = judge.slope_test(widths, values, "less")
   assert test["estimate"] == pytest.approx(slope) and test["se"] == pytest.approx(se)
   assert test["df"] == 7 and test["p"] == pytest.approx(stats.t.cdf(slope / se, 7))
   assert test["low"] < slope < test["high"] < 0
@@ -304,13 +351,13 @@ def test_slope_and_difference_tests_match_their_closed_forms():
   va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 4
   t = (a.mean() - b.mean()) / np.sqrt(va + vb)
   df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)  # Welch–Satterthwaite
-  welch = report.difference_test(a, b, "greater")
+  welch = judge.difference_test(a, b, "greater")
   assert welch["t"] == pytest.approx(t) and welch["df"] == pytest.approx(df)
   assert welch["p"] == pytest.approx(stats.t.sf(t, df))
   # An effect of `detectable` is found with about 80% power (noncentral t).
   power = stats.nct.sf(stats.t.ppf(0.95, df), df, welch["detectable"] / welch["se"])
   assert power == pytest.approx(0.8, abs=0.01)
-  assert report.difference_test(a[:1], b, "greater") is None
+  assert judge.difference_test(a[:1], b, "greater") is None
 
 
 def _tiny_fashion_study(data_dir):

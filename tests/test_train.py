@@ -21,8 +21,8 @@ from configs import (authors, cifar10_methods, fashion_width_study, ntk_width, s
                      width_study)
 from launch import cli
 from robustwidth import config as config_lib
-from robustwidth import train
-from robustwidth.checkpoint import CheckpointError, Checkpoints
+from robustwidth import evaluation, experiment, train
+from robustwidth.checkpoint import CheckpointError
 from tests import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def _record(workdir) -> dict:
 
 
 def _params(workdir):
-  return jax.device_get(train.restore_model(str(workdir), which="latest")[1])
+  return jax.device_get(evaluation.restore_model(str(workdir), which="latest")[1])
 
 
 # Record fields that measure time, which no two runs share.
@@ -203,13 +203,7 @@ METHODS = ("train.method=mart", "train.awp_gamma=0.005", "train.awp_start_epoch=
 
 
 def _latest_state(workdir):
-  checkpoints = Checkpoints(str(pathlib.Path(workdir) / "checkpoints"))
-  step = checkpoints.latest_step()
-  config = ml_collections.ConfigDict(json.loads(checkpoints.meta(step)["config"]))
-  state, _ = checkpoints.restore(step, train._Run(config, str(workdir)).state,
-                                 config.to_json(sort_keys=True))
-  checkpoints.close()
-  return jax.device_get(state)
+  return jax.device_get(evaluation.restore_train_state(str(workdir), "latest")[1])
 
 
 def test_mart_with_awp_and_a_weight_average_trains_and_resumes_exactly(tmp_path):
@@ -357,18 +351,21 @@ def test_resnet_families_and_the_l1_norm_are_valid():
     config_lib.validate(config, device_count=jax.device_count())
 
 
+SPEC = experiment.RunSpec(image_shape=(8, 8, 1), num_classes=10, steps_per_epoch=1)
+
+
 def test_pgd_at_means_madry_unless_told_otherwise():
   # Unset λ and start resolve per method: a pgd_at run never inherits TRADES' β = 6 and start.
   config = smoke.get_config()
   config.train.method = "pgd_at"
   config_lib.validate(config)
-  settings = train.train_settings(config, steps_per_epoch=1)
+  settings = experiment.train_settings(config, SPEC)
   assert (settings.rule.beta0, settings.attack.init, settings.attack.loss,
           settings.batch_norm_updates) == (1.0, "uniform", "ce", ("adversarial",))
   config.train.pgd_at_form = "clamped"
-  assert train.train_settings(config, steps_per_epoch=1).batch_norm_updates == (
+  assert experiment.train_settings(config, SPEC).batch_norm_updates == (
       "adversarial", "clean")
-  settings = train.train_settings(smoke.get_config(), steps_per_epoch=1)
+  settings = experiment.train_settings(smoke.get_config(), SPEC)
   assert (settings.rule.beta0, settings.attack.init, settings.batch_norm_updates) == (
       6.0, "normal", ("clean", "adversarial", "clean"))
 
@@ -384,7 +381,7 @@ def test_pgd_at_means_madry_unless_told_otherwise():
 def test_protocol_presets_validate_and_follow_their_code(get_config, arg, expected):
   config = get_config(arg)
   config_lib.validate(config)
-  settings = train.train_settings(config, steps_per_epoch=1)
+  settings = experiment.train_settings(config, SPEC)
   assert (config.data.name, config.model.width, config.train.method, settings.rule.beta0,
           config.train.batch_size, config.train.schedule, settings.batch_norm_updates,
           config.eval.step_size) == expected

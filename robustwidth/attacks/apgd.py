@@ -284,8 +284,8 @@ def check_num_steps(num_steps, norm: str) -> None:
                      f"num_steps >= 3, got {num_steps}.")
 
 
-def apgd(logits_fn, x, y, *, key, eps, norm: str = "linf", loss: str = "ce",
-         num_steps: int = 100, restarts: int = 1) -> jax.Array:
+def apgd(logits_fn: components.LogitsFn, x, y, *, key, eps, norm: str = "linf",
+         loss: str = "ce", num_steps: int = 100, restarts: int = 1) -> jax.Array:
   """APGD-CE (loss="ce") or APGD-DLR (loss="dlr"); returns x_adv.
 
   x_adv[i] is an adversarial example inside B(x_i, eps) ∩ [0, 1] where one was found, x_i
@@ -302,8 +302,8 @@ def apgd(logits_fn, x, y, *, key, eps, norm: str = "linf", loss: str = "ce",
                 num_steps=num_steps, restarts=restarts))
 
 
-def apgd_targeted(logits_fn, x, y, *, key, eps, norm: str = "linf", num_steps: int = 100,
-                  num_targets: int = 9) -> jax.Array:
+def apgd_targeted(logits_fn: components.LogitsFn, x, y, *, key, eps, norm: str = "linf",
+                  num_steps: int = 100, num_targets: int = 9) -> jax.Array:
   """APGD-T: APGD on the targeted DLR loss, once for each of the `num_targets` classes the
   model ranks highest after the top one on the clean input; returns x_adv (as `apgd`)."""
   check_num_steps(num_steps, norm)

@@ -22,13 +22,18 @@ Square, and every draw of the rand version's model, is made from fold_in(key, at
 index): an example's result does not depend on the batch size or on which examples are still
 being attacked.
 
-For a large model, pass `logits_fn` as a `jax.tree_util.Partial` holding the parameters as
-arguments (as `robustwidth.models.logits_fn` closures do not): its arrays then enter the
-compiled attacks as inputs instead of constants.
+Pass `logits_fn` as a `jax.tree_util.Partial` holding the weights (as
+`robustwidth.models.logits_fn` returns it): its arrays then enter the compiled attacks as
+inputs instead of constants, and models of one architecture share the compiled code.
+
+  logits_fn = models.logits_fn(graphdef, params, model_state)
+  x_adv, report = attacks.autoattack(logits_fn, x, y, key=jax.random.key(0), eps=8 / 255)
+  report["robust_accuracy"], report["accuracy_after"]   # final, and after each attack
 """
 import re
 import time
 import zlib
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +62,7 @@ def attack_settings(name: str, num_classes: int, *, norm: str = "linf",
   reference's, for AutoAttack's components).
 
   pgd-k / cw-k: k steps of 2.5·ε/k (Madry et al.) from a uniform random start, on
-  cross-entropy or the CW margin loss.
+  cross-entropy or the margin loss (Carlini & Wagner's).
   """
   targets = min(9, num_classes - 1)
   apgd = (dict(initial_step="eps", eps_schedule="3*eps,2*eps,eps", initial_sparsity=0.2)
@@ -78,7 +83,7 @@ def attack_settings(name: str, num_classes: int, *, norm: str = "linf",
   match = _PGD.match(name)
   if match:
     steps = int(match.group(2))
-    return dict(loss="ce" if match.group(1) == "pgd" else "cw", num_steps=steps,
+    return dict(loss="ce" if match.group(1) == "pgd" else "margin", num_steps=steps,
                 step_size=f"2.5*eps/{steps}", init="uniform")
   raise ValueError(f"Unknown attack {name!r}; use one of {NAMED}.")
 
@@ -175,8 +180,9 @@ def _key_for(key, name: str):
   return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = "standard",
-               attacks=None, batch_size: int = 256):
+def autoattack(logits_fn: components.LogitsFn | Callable[[jax.Array, jax.Array], jax.Array],
+               x, y, *, key, eps, norm: str = "linf", version: str = "standard", attacks=None,
+               batch_size: int = 256):
   """Runs AutoAttack; returns (x_adv, report).
 
   logits_fn: x -> [B, K] logits in evaluation mode (for version "rand", a randomized model
@@ -269,8 +275,8 @@ def autoattack(logits_fn, x, y, *, key, eps, norm: str = "linf", version: str = 
   return x_adv, report
 
 
-def robustness_curve(logits_fn, x, y, *, key, eps_values, norm: str = "linf",
-                     attacks=("apgd-ce",), batch_size: int = 256) -> dict:
+def robustness_curve(logits_fn: components.LogitsFn, x, y, *, key, eps_values,
+                     norm: str = "linf", attacks=("apgd-ce",), batch_size: int = 256) -> dict:
   """Robust accuracy of the `attacks` cascade at each ε, plus the ε whose ball covers the
   whole input box (`checks.box_eps`); warns through `checks.check_eps_curve` if accuracy rises
   with ε or stays above 0 there. Returns {eps: robust accuracy}."""

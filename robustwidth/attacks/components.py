@@ -1,5 +1,8 @@
-"""Pieces shared by the AutoAttack components (APGD, APGD-T, FAB-T, Square): argument checks,
-target ranking and the per-example "first success wins" combination of runs."""
+"""Pieces shared by the attacks: the `LogitsFn` they attack and, for the AutoAttack components
+(APGD, APGD-T, FAB-T, Square), argument checks, target ranking and the per-example "first
+success wins" combination of runs."""
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
@@ -7,8 +10,13 @@ from jax.tree_util import Partial
 from robustwidth import validation
 from robustwidth.attacks import geometry
 
+# The model an attack sees: a float32 batch in [0, 1] -> [B, K] logits, in evaluation mode. A
+# `jax.tree_util.Partial` (as `robustwidth.models.logits_fn` returns) carries the weights as
+# pytree leaves, so a jitted attack takes them as arguments rather than as constants.
+LogitsFn = Callable[[jax.Array], jax.Array]
 
-def as_partial(logits_fn) -> Partial:
+
+def as_partial(logits_fn: LogitsFn) -> Partial:
   """`logits_fn` as a pytree that jitted attacks take as an argument: a
   `jax.tree_util.Partial` passes through (its arrays become inputs of the compiled attack),
   any other callable is wrapped (compiled once per function object, its closure constant)."""

@@ -230,8 +230,8 @@ _fab_targeted_jit = jax.jit(fab_targeted_batch, static_argnames=("norm", "num_st
                                                                 "num_targets"))
 
 
-def fab_targeted(logits_fn, x, y, *, eps, norm: str = "linf", num_steps: int = 100,
-                 num_targets: int = 9) -> jax.Array:
+def fab_targeted(logits_fn: components.LogitsFn, x, y, *, eps, norm: str = "linf",
+                 num_steps: int = 100, num_targets: int = 9) -> jax.Array:
   """FAB-T as in AutoAttack's standard version; returns x_adv.
 
   x_adv[i] is the smallest adversarial example found for example i if it lies within eps
@@ -245,8 +245,8 @@ def fab_targeted(logits_fn, x, y, *, eps, norm: str = "linf", num_steps: int = 1
                         num_steps=num_steps, num_targets=num_targets))
 
 
-def fab(logits_fn, x, y, *, key, eps, norm: str = "linf", num_steps: int = 100,
-        restarts: int = 5) -> jax.Array:
+def fab(logits_fn: components.LogitsFn, x, y, *, key, eps, norm: str = "linf",
+        num_steps: int = 100, restarts: int = 5) -> jax.Array:
   """Untargeted FAB as in AutoAttack's "plus" version; returns x_adv (as `fab_targeted`).
 
   The first run starts from the clean point, the others from random points (module doc).

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from robustwidth import losses
 
-LOSSES = ("ce", "cw", "kl", "dlr")
+LOSSES = ("ce", "margin", "kl", "dlr")
 
 
 def _true_logit(logits, labels):
@@ -23,7 +23,8 @@ def best_other_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """CW logit margin max_{j≠y} z_j − z_y; positive exactly when the example is misclassified.
+  """The logit margin max_{j≠y} z_j − z_y (Carlini & Wagner's loss, the "CW" attacks'); positive
+  exactly when the example is misclassified.
 
   The TRADES code clamps the margin at −50; unclamped, the gradient is the same wherever the
   clamp is inactive, and ascent does not stop early.
@@ -55,7 +56,7 @@ def objective(name: str, logits: jax.Array, labels: jax.Array,
   """The named objective; `kl` is label-free and compares against `logits_nat`."""
   if name == "ce":
     return losses.cross_entropy_per_example(logits, labels)
-  if name == "cw":
+  if name == "margin":
     return margin(logits, labels)
   if name == "kl":
     return losses.trades_kl(logits_nat, logits)

@@ -1,9 +1,10 @@
 """Square Attack (Andriushchenko et al., ECCV 2020), the score-based black-box component of
 AutoAttack, on ℓ∞, ℓ2 and ℓ1 balls, with the reference's settings: 5,000 queries, p_init = 0.8, the
-margin loss z_y − max_{j≠y} z_j, and the fixed (not query-rescaled) schedule of square sizes.
+margin loss (`objectives.margin`, max_{j≠y} z_j − z_y) and the fixed (not query-rescaled)
+schedule of square sizes.
 
 Each query proposes a change of x_best on one random square window and keeps it if the margin
-fell or the example became misclassified; an example stops at its first success, and the loop
+rose or the example became misclassified; an example stops at its first success, and the loop
 stops when every example has. ℓ∞: vertical-stripe start of ±ε, then windows of ±2ε per channel.
 ℓ2: a start of ε-norm tiles, then each query moves the perturbation's mass from a second window
 into the first, as the reference does. ℓ1 (Croce & Hein, ICML 2021) as ℓ2, with ℓ1 norms, ring
@@ -157,12 +158,7 @@ def _tiled_start(keys, x, eps, norm):
                   0.0, 1.0)
 
 
-def _margin(logits, y):
-  """z_y − max_{j≠y} z_j: positive while the example is classified correctly."""
-  return -objectives.margin(logits, y)
-
-
-def square_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf",
+def square_batch(logits_fn: components.LogitsFn, x, y, keys, eps, *, norm: str = "linf",
                  num_queries: int = NUM_QUERIES, p_init: float = P_INIT,
                  active: jax.Array | None = None) -> jax.Array:
   """`square` with one PRNG key per example; rows with active False are left alone (padding).
@@ -179,7 +175,7 @@ def square_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf",
     table, table_row = _pattern_table(sides, norm)
     table, table_row = jnp.asarray(table), jnp.asarray(table_row)
     x_best = _tiled_start(keys, x, eps, norm)
-  margin_best = _margin(logits_fn(x_best), y)
+  margin_best = objectives.margin(logits_fn(x_best), y)
   clean_correct = ~components.misclassified(logits_fn, x, y)
   todo = clean_correct if active is None else clean_correct & active
 
@@ -220,13 +216,13 @@ def square_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf",
 
   def cond(carry):
     i, _, margin_best = carry
-    return (i < num_queries) & jnp.any(todo & (margin_best > 0))
+    return (i < num_queries) & jnp.any(todo & (margin_best < 0))
 
   def body(carry):
     i, x_best, margin_best = carry
     x_new = propose(i, x_best)
-    margin = _margin(logits_fn(x_new), y)
-    accept = todo & (margin_best > 0) & ((margin < margin_best) | (margin <= 0))
+    margin = objectives.margin(logits_fn(x_new), y)
+    accept = todo & (margin_best < 0) & ((margin > margin_best) | (margin >= 0))
     return (i + 1, jnp.where(components.rows(accept, x), x_new, x_best),
             jnp.where(accept, margin, margin_best))
 
@@ -238,8 +234,8 @@ def square_batch(logits_fn, x, y, keys, eps, *, norm: str = "linf",
 _square_jit = jax.jit(square_batch, static_argnames=("norm", "num_queries", "p_init"))
 
 
-def square(logits_fn, x, y, *, key, eps, norm: str = "linf", num_queries: int = NUM_QUERIES,
-           p_init: float = P_INIT) -> jax.Array:
+def square(logits_fn: components.LogitsFn, x, y, *, key, eps, norm: str = "linf",
+           num_queries: int = NUM_QUERIES, p_init: float = P_INIT) -> jax.Array:
   """Square Attack on NHWC images; returns x_adv (an adversarial example within eps where one
   was found, the clean point otherwise; clean errors are not attacked)."""
   validation.check_positive_int("num_queries", num_queries)

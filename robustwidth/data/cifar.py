@@ -44,7 +44,7 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> Split:
   if split not in _SPLITS:
     raise ValueError(f"The {name} data set has splits {_SPLITS}, not {split!r}.")
   builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
+  if not tfds_files.is_prepared(builder):
     raise DatasetNotFoundError(
         f"{name} is not prepared in {builder.data_path}. Download the binary version "
         f"({ARCHIVES[name]}) from {_HOMEPAGE}, then run (it needs pip install -e '.[prepare]'):\n"
@@ -68,14 +68,10 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> Split:
   return Split(arrays["image"][order], arrays["label"][order], num_classes=_NUM_CLASSES[name])
 
 
-def prepare(name: str, archive: str, *, data_dir: str | None = None,
-            verify_checksum: bool = True) -> tuple[str, dict[str, int]]:
+def prepare(name: str, archive: str, *, data_dir: str | None = None
+            ) -> tuple[str, dict[str, int]]:
   """Builds `name` as array_record data in `data_dir` from the official binary archive at
-  `archive`; returns the data's directory and the number of examples per split.
-
-  `verify_checksum=False` makes TFDS accept the archive as it is: only for archives generated
-  in the same format (tests).
-  """
+  `archive`; returns the data's directory and the number of examples per split."""
   _check_name(name)
   tfds_files.require_tensorflow(name)
   archive = os.path.abspath(os.path.expanduser(archive))
@@ -83,12 +79,10 @@ def prepare(name: str, archive: str, *, data_dir: str | None = None,
     raise FileNotFoundError(f"No archive at {archive}; download {ARCHIVES[name]} (the binary "
                             f"version) from {_HOMEPAGE}.")
   try:
-    builder = tfds_files.prepare_offline(name, {ARCHIVES[name]: archive}, data_dir=data_dir,
-                                         verify_checksum=verify_checksum)
+    builder = tfds_files.prepare_offline(name, {ARCHIVES[name]: archive}, data_dir=data_dir)
   except NonMatchingChecksumError as error:
     raise ValueError(
         f"{archive} is not the official {ARCHIVES[name]} (size or SHA-256 differ); download it "
-        f"again from {_HOMEPAGE}. Skip this check only for an archive generated in the same "
-        f"format (verify_checksum=False, --skip_checksum).\n{error}") from error
+        f"again from {_HOMEPAGE}.\n{error}") from error
   counts = {split: builder.info.splits[split].num_examples for split in _SPLITS}
   return str(builder.data_path), counts

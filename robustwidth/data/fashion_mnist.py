@@ -107,7 +107,7 @@ def load(split: str, *, data_dir: str | None = None) -> Split:
   if split not in FILES:
     raise ValueError(f"The fashion_mnist data set has splits {tuple(FILES)}, not {split!r}.")
   builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-  prepared = builder.is_prepared()
+  prepared = tfds_files.is_prepared(builder)
   if prepared and tfds_files.is_array_record(builder):
     return load_tfds(split, builder)
   idx_dir = data_dir or DEBIAN_DIR

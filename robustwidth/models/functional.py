@@ -2,17 +2,15 @@
 
 A model is split once into a static `graphdef`, its trainable `params` and the rest of its
 state (BatchNorm statistics), and every pure routine works on those three. `logits_fn` builds
-the evaluation-mode function `x -> logits` of the functional contract: BatchNorm reads its
-running statistics and nothing the function does can change model state.
+the evaluation-mode function `x -> logits` of the functional contract (`attacks.LogitsFn`):
+BatchNorm reads its running statistics and nothing the function does can change model state.
 """
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 from flax import nnx
 from jax.tree_util import Partial
-
-LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 def split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -33,11 +31,6 @@ def apply(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State, x: 
   return logits, new_state
 
 
-def logits_fn(graphdef: nnx.GraphDef, params: Any, model_state: nnx.State) -> LogitsFn:
-  """The contract's evaluation-mode `x -> logits`, closing over the given parameters."""
-  return lambda x: apply(graphdef, params, model_state, x, train=False)[0]
-
-
 def _eval_logits(graphdef: nnx.GraphDef, params: Any, model_state: nnx.State,
                  x: jax.Array) -> jax.Array:
   return apply(graphdef, params, model_state, x, train=False)[0]
@@ -48,14 +41,15 @@ def _bound_eval_logits(graphdef: nnx.GraphDef) -> functools.partial:
   return functools.partial(_eval_logits, graphdef)
 
 
-def partial_logits_fn(graphdef: nnx.GraphDef, params: Any, model_state: nnx.State) -> Partial:
-  """`logits_fn` as a `jax.tree_util.Partial` holding the parameters as arguments: a jitted
-  attack then takes them as inputs instead of compiling them in as constants, and models of
-  one architecture (equal graphdefs) share its compiled code."""
+def logits_fn(graphdef: nnx.GraphDef, params: Any, model_state: nnx.State) -> Partial:
+  """The contract's evaluation-mode `x -> logits`, as a `jax.tree_util.Partial` whose leaves
+  are `params` and `model_state`: a jitted attack takes the weights as arguments instead of
+  compiling them in as constants, and models of one architecture (equal graphdefs) share its
+  compiled code."""
   return Partial(_bound_eval_logits(graphdef), params, model_state)
 
 
-def model_logits_fn(model: nnx.Module) -> LogitsFn:
+def model_logits_fn(model: nnx.Module) -> Partial:
   """`logits_fn` for a live NNX module (a snapshot of its current parameters and state)."""
   return logits_fn(*split(model))
 

@@ -3,7 +3,7 @@
 Each 4×4 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A for the 6×6 input tile d under it: the same
 convolution with 4× fewer multiplications, which become 36 matrix products over all tiles at
 once. Written by hand because XLA:CPU has no Winograd convolution and its backward-filter
-convolution is slower; `layers.conv2d` uses this form for the kernel gradient on CPU, where it
+convolution is slower; `conv.conv2d` uses this form for the kernel gradient on CPU, where it
 is measured faster than XLA's and than a matrix product of the input patches
 (bench/conv_layer.py, bench/trades_step.py --conv-derivative, docs/benchmarks.md). The result
 differs from the direct convolution only by float rounding (about 1e-5 relative in

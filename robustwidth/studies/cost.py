@@ -13,11 +13,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from robustwidth import config as config_lib
-from robustwidth import data, models, optim, steps
-from robustwidth.train import build_model, eval_attack, train_settings
+from robustwidth import data, experiment, models, steps
 
 AUTOATTACK_PASSES = 100 + 0.5 * (900 + 2 * 900 + 5000 / 3)
 
@@ -27,35 +25,27 @@ def _lowered_steps(config):
   parameter count and the train step's abstract arguments."""
   config = copy.deepcopy(config)
   config.war.rule = "fixed"  # The λ rule does not change the FLOPs.
-  image_shape, num_classes, _, _ = data.INFO[config.data.name]
-  graphdef, params, model_state = models.split(
-      nnx.eval_shape(lambda: build_model(config, image_shape, num_classes)))
-  optimizer = optim.sgd(optim.learning_rate_schedule("constant", base_lr=0.1, steps_per_epoch=1,
-                                                     epochs=1), momentum=0.9, weight_decay=0.)
-  settings = train_settings(config, steps_per_epoch=1)  # AWP's start is not in the FLOPs.
-  state = jax.eval_shape(lambda p, s: steps.init_train_state(
-      p, s, optimizer, 0, settings.rule, ema=settings.ema_decay > 0), params, model_state)
-  batch = lambda size: {"image": jax.ShapeDtypeStruct((size, *image_shape), jnp.float32),
-                        "label": jax.ShapeDtypeStruct((size,), jnp.int32)}
-  eval_batch = {**batch(config.eval.batch_size),
-                "mask": jax.ShapeDtypeStruct((config.eval.batch_size,), jnp.bool_)}
+  spec = experiment.spec_from_info(config)
+  graphdef, params, _ = experiment.abstract_model(config, spec)
+  state = experiment.abstract_train_state(config, spec)
+  batch = experiment.batch_spec(config.train.batch_size, spec.image_shape)
+  eval_batch = experiment.batch_spec(config.eval.batch_size, spec.image_shape, mask=True)
+  settings = experiment.train_settings(config, spec)
   unrolled = lambda attack: dataclasses.replace(attack, unroll=True)  # each step counted
   if settings.attack is not None:
     settings = dataclasses.replace(settings, attack=unrolled(settings.attack))
-  train_step = jax.jit(steps.make_train_step(graphdef, optimizer, settings)).lower(
-      state, batch(config.train.batch_size))
-  eval_step = jax.jit(steps.make_eval_step(graphdef, unrolled(eval_attack(config)))).lower(
-      state.params, state.model_state, eval_batch, jax.random.PRNGKey(0))
-  return train_step, eval_step, models.count_params(params), (
-      state, batch(config.train.batch_size))
+  train_step = jax.jit(steps.make_train_step(
+      graphdef, experiment.optimizer(config, spec), settings)).lower(state, batch)
+  eval_step = jax.jit(steps.make_eval_step(graphdef, unrolled(experiment.eval_attack(config)))
+                      ).lower(state.params, state.model_state, eval_batch, jax.random.PRNGKey(0))
+  return train_step, eval_step, models.count_params(params), (state, batch)
 
 
 def run_flops(config) -> dict:
   """Training and evaluation FLOPs of one whole run."""
   train_step, eval_step, params, _ = _lowered_steps(config)
-  _, _, num_train, num_test = data.INFO[config.data.name]
-  num_train = config.data.train_examples or num_train
-  steps_per_epoch = num_train // (config.train.batch_size - config_lib.extra_per_batch(config))
+  steps_per_epoch = experiment.spec_from_info(config).steps_per_epoch
+  num_test = data.INFO[config.data.name][3]
   evaluations = config.train.epochs // config.eval.every_epochs + (
       config.train.epochs % config.eval.every_epochs != 0)
   eval_batches = -(-num_test // config.eval.batch_size)

@@ -5,7 +5,6 @@ import os
 import jax
 import ml_collections
 
-from robustwidth import config as config_lib
 from robustwidth import train
 from robustwidth.studies import report, sweep
 

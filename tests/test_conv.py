@@ -1,10 +1,10 @@
-"""`layers.conv2d` and `winograd.conv3x3` against XLA's own convolution and its derivatives."""
+"""`conv.conv2d` and `winograd.conv3x3` against XLA's own convolution and its derivatives."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustwidth.models import layers, winograd
+from robustwidth.models import conv, winograd
 
 
 def _reference(x, kernel, stride, padding):
@@ -36,7 +36,7 @@ CASES = [((2, 8, 8, 3), 3, 5, 1, 1), ((3, 7, 5, 4), 3, 2, 1, 1), ((2, 9, 9, 3), 
 @pytest.mark.parametrize("shape,size,out,stride,padding", CASES)
 def test_conv2d_and_its_derivatives_are_xlas(shape, size, out, stride, padding):
   x, kernel, key = _inputs(shape, size, out)
-  ours = lambda x, k: layers.conv2d(x, k, stride, padding)
+  ours = lambda x, k: conv.conv2d(x, k, stride, padding)
   theirs = lambda x, k: _reference(x, k, stride, padding)
   y = theirs(x, kernel)
   _assert_close(ours(x, kernel), y)
@@ -64,7 +64,7 @@ def test_winograd_conv3x3_is_the_convolution_and_differentiates_like_it(size):
 def test_bfloat16_conv2d_keeps_its_dtype_and_derivatives():
   x, kernel, key = _inputs((2, 8, 8, 3), 3, 4)
   x16, kernel16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-  ours = lambda x, k: layers.conv2d(x, k, 1, 1)
+  ours = lambda x, k: conv.conv2d(x, k, 1, 1)
   theirs = lambda x, k: _reference(x, k, 1, 1)
   y = theirs(x16, kernel16)
   cotangent = jax.random.normal(key, y.shape, jnp.bfloat16)
